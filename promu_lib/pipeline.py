@@ -1,0 +1,230 @@
+"""The stage runner behind ``./run_all.sh``: notebooks in order, HTML reports, an index page.
+
+Each stage is a parameterised notebook executed with papermill (kernel ``python3`` from the
+project's own environment) and rendered to HTML with nbconvert, images embedded. A stage is
+skipped when its notebook, the resolved config and the library source are unchanged since its
+last successful run (the key is stored next to its report); the heavy work inside a notebook is
+cached by the library too, so ``--force`` on one stage reruns only what changed underneath.
+The first failing stage stops the run with the notebook, the cell and the error; its HTML
+report is still written. One run at a time per output directory (a lock file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import html
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from promu_lib import paths
+from promu_lib.config import Config, add_config_arguments, config_from_args, config_hash, save_config
+from promu_lib.errors import PromuError
+from promu_lib.io import atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    notebook: str
+    title: str
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "00_data.ipynb", "Data: the toy world (or your data), checked"),
+)
+
+
+class StageFailed(PromuError):
+    pass
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in STAGES]
+
+
+def _library_hash() -> str:
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for p in sorted(root.rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _stage_key(stage: Stage, nb_path: Path, cfg: Config) -> str:
+    h = hashlib.sha256()
+    h.update(nb_path.read_bytes())
+    h.update(config_hash(cfg).encode())
+    h.update(_library_hash().encode())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def run_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` for the whole run (a second run waits)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock_path = directory / ".run.lock"
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[promu] another run holds {lock_path}; waiting for it to finish", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def render_html(notebook: Path, target: Path) -> Path:
+    """Render an executed notebook to a standalone HTML file (images embedded)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    exporter = HTMLExporter(template_name="lab")
+    exporter.embed_images = True
+    body, _ = exporter.from_notebook_node(nb)
+    return atomic_write_text(target, body)
+
+
+def _failure_message(stage: Stage, err: Exception) -> str:
+    cell = getattr(err, "exec_count", None) or getattr(err, "cell_index", None)
+    ename = getattr(err, "ename", type(err).__name__)
+    evalue = getattr(err, "evalue", str(err))
+    return f"stage '{stage.name}' failed in notebooks/{stage.notebook}, cell {cell}: {ename}: {evalue}"
+
+
+def run_stage(stage: Stage, cfg: Config, config_file: Path, reports: Path, force: bool) -> dict:
+    """Execute one stage notebook (or skip it when its key is unchanged) and render its report."""
+    import papermill as pm
+
+    nb_path = paths.resolve("notebooks") / stage.notebook
+    if not nb_path.is_file():
+        raise StageFailed(f"stage '{stage.name}': notebook {nb_path} is missing")
+    key = _stage_key(stage, nb_path, cfg)
+    executed = reports / "notebooks" / stage.notebook
+    report = reports / f"{Path(stage.notebook).stem}.html"
+    status_file = reports / "status" / f"{stage.name}.json"
+    if not force and status_file.is_file() and report.is_file():
+        prev = json.loads(status_file.read_text())
+        if prev.get("key") == key and prev.get("status") == "ok":
+            print(f"[promu] {stage.name}: unchanged, skipped ({prev['seconds']:.1f} s last time)")
+            return {**prev, "skipped": True}
+    print(f"[promu] {stage.name}: running notebooks/{stage.notebook}", flush=True)
+    t0 = time.perf_counter()
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    error: Exception | None = None
+    try:
+        pm.execute_notebook(
+            str(nb_path),
+            str(executed),
+            parameters={"profile": cfg.profile, "config_file": str(config_file), "force": force},
+            kernel_name="python3",
+            cwd=str(paths.project_root()),
+            progress_bar=False,
+            log_output=False,
+        )
+    except Exception as e:  # papermill wraps the cell error; report it and stop below
+        error = e
+    seconds = time.perf_counter() - t0
+    if executed.is_file():
+        render_html(executed, report)
+    status = {
+        "stage": stage.name,
+        "notebook": stage.notebook,
+        "title": stage.title,
+        "status": "ok" if error is None else "failed",
+        "seconds": seconds,
+        "key": key,
+        "report": report.name,
+        "error": None if error is None else _failure_message(stage, error),
+    }
+    atomic_write_json(status_file, status)
+    if error is not None:
+        raise StageFailed(status["error"] + f" (report: {report})") from error
+    print(f"[promu] {stage.name}: done in {seconds:.1f} s")
+    return status
+
+
+def write_index(reports: Path, cfg: Config, statuses: list[dict]) -> Path:
+    """``reports/index.html``: every stage with its status, run time and report link."""
+    rows = []
+    total = 0.0
+    for s in statuses:
+        total += 0.0 if s.get("skipped") else s["seconds"]
+        state = "skipped (cached)" if s.get("skipped") else s["status"]
+        link = f'<a href="{html.escape(s["report"])}">{html.escape(s["title"])}</a>'
+        err = f"<br><small>{html.escape(s['error'])}</small>" if s.get("error") else ""
+        rows.append(
+            f"<tr><td>{html.escape(s['stage'])}</td><td>{link}{err}</td>"
+            f"<td class='{s['status']}'>{state}</td><td>{s['seconds']:.1f}</td></tr>"
+        )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>promu reports</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.3em .8em;
+border-bottom:1px solid #ddd;text-align:left}}.ok{{color:#17702b}}.failed{{color:#b00020}}</style>
+</head><body><h1>promu — reports</h1>
+<p>Profile <b>{html.escape(cfg.profile)}</b>, seeds {list(cfg.run.seeds)}.
+{"Numbers come from the embedded toy world, not from the papers' datasets." if cfg.data.toy else ""}
+Generated {time.strftime("%Y-%m-%d %H:%M:%S")}; stage time this run {total:.1f} s
+(seconds column: the stage's last execution).</p>
+<table><tr><th>stage</th><th>report</th><th>status</th><th>seconds</th></tr>
+{"".join(rows)}</table></body></html>
+"""
+    return atomic_write_text(reports / "index.html", page)
+
+
+def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False) -> int:
+    """Run the stages of ``cfg``'s profile in order; 0 on success, 1 at the first failure."""
+    unknown = sorted(set(only or []) - set(stage_names()))
+    if unknown:
+        raise PromuError(f"unknown stage(s) {unknown}; stages are: {', '.join(stage_names())}")
+    reports = paths.resolve(cfg.run.reports_dir)
+    out = paths.resolve(cfg.output_root())
+    with run_lock(out):
+        config_file = save_config(cfg, out / "config.yaml")
+        statuses: list[dict] = []
+        t0 = time.perf_counter()
+        code = 0
+        for stage in STAGES:
+            if only and stage.name not in only:
+                continue
+            try:
+                statuses.append(run_stage(stage, cfg, config_file, reports, force))
+            except StageFailed as e:
+                status_file = reports / "status" / f"{stage.name}.json"
+                statuses.append(
+                    json.loads(status_file.read_text())
+                    if status_file.is_file()
+                    else {"stage": stage.name, "title": stage.title, "status": "failed",
+                          "seconds": 0.0, "report": "", "error": str(e)}
+                )
+                print(f"[promu] {e}", file=sys.stderr)
+                code = 1
+                break
+        index = write_index(reports, cfg, statuses)
+    print(f"[promu] {len(statuses)} stage(s) in {time.perf_counter() - t0:.1f} s; report: {index}")
+    return code
+
+
+def register(sub) -> None:
+    """``promu run`` and ``promu stages``."""
+    p = sub.add_parser("run", help="run the stages of a profile (what ./run_all.sh calls)")
+    add_config_arguments(p)
+    p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
+    p.add_argument("--force", action="store_true", help="rerun stages even when cached")
+    p.set_defaults(func=lambda a: run_pipeline(config_from_args(a), only=a.only, force=a.force))
+
+    s = sub.add_parser("stages", help="list the stages and their notebooks")
+    s.set_defaults(func=lambda a: print("\n".join(f"{x.name:12s} notebooks/{x.notebook}  {x.title}" for x in STAGES)))
