@@ -12,6 +12,8 @@ from promu_lib.errors import PromuError
 COMMAND_MODULES: tuple[str, ...] = (
     "promu_lib.pipeline",
     "promu_lib.data.cli",
+    "promu_lib.train.cli",
+    "promu_lib.train.pretrain",
 )
 
 

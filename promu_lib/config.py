@@ -43,15 +43,27 @@ class ToyWorldConfig:
 
     seed: int = 0
     image_size: int = 64
+    jpeg_quality: int = 95
     # posts per split: (train, dev, test)
     twitter2015_sizes: tuple[int, int, int] = (600, 200, 300)
     twitter2017_sizes: tuple[int, int, int] = (500, 150, 200)
     mnre_sizes: tuple[int, int, int] = (900, 250, 300)
     n_captions: int = 2000
     mismatch_rate: float = 0.5  # share of caption pairs whose image is swapped (matched=False)
+    caption_relation_rate: float = 0.5  # share of caption images that draw a relation (uniform)
     n_names: int = 120  # invented entity names
     name_usual_type_prob: float = 0.7  # how often a name appears with its usual type
-    irrelevant_image_rate: float = 0.15  # share of posts whose image shows unrelated objects
+    ner_cue_rate: float = 0.25  # share of mentions whose clause names the type ("X said")
+    re_cue_rate: float = 0.35  # share of related pairs whose sentence names the relation
+    distractor_rate: float = 0.3  # NER images: chance of one scenery object among the entities
+    # share of posts whose image shows unrelated objects, per dataset. The oracle (which can only
+    # fall back to the text there) stays >= 95 F1 with these; Twitter-2017 and MNRE have fewer.
+    twitter2015_irrelevant_rate: float = 0.1
+    twitter2017_irrelevant_rate: float = 0.05
+    mnre_irrelevant_rate: float = 0.05
+    mnre_none_share: float = 0.5  # share of "None" lines before the per-relation minimum
+    # lines of each relation at least, (train, dev, test): the tail stays present at tiny sizes
+    mnre_min_per_relation: tuple[int, int, int] = (6, 2, 2)
     box_jitter: float = 0.1  # detector-like noise: box jitter as a fraction of box size
     box_miss_rate: float = 0.05
     box_false_alarm_rate: float = 0.05
@@ -76,9 +88,17 @@ class DataConfig:
     on_bad_record: str = "error"
     # "error" (default), or "blank": replace a missing image by a blank one, counted and reported
     on_missing_image: str = "error"
+    # Torch datasets (promu_lib.data.datasets): word pieces per post incl. [CLS]/[SEP]; longer
+    # posts are truncated (MNER: words cut off leave word_mask; MRE: a window keeping both
+    # entities and all four markers), counted and logged.
     max_len: int = 40
-    image_size: int = 64
-    max_objects: int = 3
+    image_size: int = 64  # S: the global image and every object crop become S x S
+    max_objects: int = 3  # m: top-m detector boxes by score, zero crops as padding (0 = none)
+    # "resize" (plain S x S) or "resize-crop" (shorter side to S*256/224, centre crop S: the
+    # reference's Resize 256 -> CenterCrop 224)
+    image_transform: str = "resize"
+    # keep a split's resized image + crop pixels in memory as uint8 (no JPEG decode per epoch)
+    cache_images: bool = True
 
 
 @dataclass
@@ -99,7 +119,9 @@ class TextEncoderConfig:
 class VisionEncoderConfig:
     """A ViT over image patches (PROMU's visual encoder)."""
 
-    pretrained: str | None = None  # timm name / local path for real weights
+    pretrained: str | None = None  # timm model name (architecture) for real weights
+    # local file with that timm model's weights (.safetensors/.bin/.pth); needed with `pretrained`
+    weights_file: str | None = None
     image_size: int = 64
     patch_size: int = 8
     hidden_size: int = 64
@@ -150,6 +172,14 @@ class MiningConfig:
     teacher_steps: int = 300
     tau: float = 0.1  # softmax temperature of Eq. 6 / Eq. 9
     min_confidence: float = 0.0  # drop pseudo-labels whose max prob is below this (0 = keep all)
+    batch_size: int = 64  # images per detector / teacher scoring batch
+    seed: int = 0  # toy teacher initialisation and batch order
+    # toy teacher (mining.teacher=toy): a small CNN + bag-of-words dual encoder trained here
+    teacher_dim: int = 64  # shared embedding size
+    teacher_image_size: int = 32  # images and object crops are resized to this square
+    teacher_batch_size: int = 64
+    teacher_lr: float = 3e-3
+    teacher_crops: bool = True  # also train on (object crop, caption of its image) pairs
 
 
 @dataclass
@@ -190,6 +220,7 @@ class FinetuneConfig:
     num_workers: int = 0
     bf16: bool = False
     train_fraction: float = 1.0  # low-resource curve (sampled without replacement)
+    log_every: int = 50  # steps between log lines when no progress bar is shown
 
 
 @dataclass
@@ -220,10 +251,15 @@ class Config:
 
     # -- convenience --------------------------------------------------------------------------
     def data_root(self) -> Path:
-        return Path(self.data.root.format(profile=self.profile))
+        """The data directory, resolved against the project root (never the cwd)."""
+        from promu_lib.paths import resolve
+
+        return resolve(self.data.root.format(profile=self.profile))
 
     def output_root(self) -> Path:
-        return Path(self.run.output_dir.format(profile=self.profile))
+        from promu_lib.paths import resolve
+
+        return resolve(self.run.output_dir.format(profile=self.profile))
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -256,7 +292,9 @@ def toy_large() -> Config:
     )
     cfg.data.max_len = 80
     cfg.text = TextEncoderConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
-    cfg.vision = VisionEncoderConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
+    cfg.vision = VisionEncoderConfig(
+        hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024
+    )
     cfg.fusion.num_layers = 2
     cfg.fusion.projection_dim = 128
     cfg.hvpnet.mid_dim = 400
@@ -278,30 +316,59 @@ def paper() -> Config:
     cfg.data.toy = None
     cfg.data.max_len = 80
     cfg.data.image_size = 224
+    cfg.data.image_transform = "resize-crop"
+    cfg.data.cache_images = False  # MNRE train alone would take ~7 GB as uint8 at 224 px
     cfg.text = TextEncoderConfig(
-        pretrained="bert-base-uncased", hidden_size=768, num_layers=12, num_heads=12,
-        intermediate_size=3072, max_position=512,
+        pretrained="bert-base-uncased",
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        max_position=512,
     )
     cfg.vision = VisionEncoderConfig(
-        pretrained="vit_base_patch16_224.augreg_in21k", image_size=224, patch_size=16,
-        hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+        pretrained="vit_base_patch16_224.augreg_in21k",
+        weights_file="weights/vit_base_patch16_224.augreg_in21k.safetensors",
+        image_size=224,
+        patch_size=16,
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
     )
     cfg.fusion = FusionConfig(num_layers=6, projection_dim=256)
     cfg.hvpnet = HVPNetConfig(
         backbone="resnet50", backbone_weights="resnet50.pth", image_size=224, mid_dim=800
     )
     cfg.mining = MiningConfig(
-        spacy_model="en_core_web_sm", top_m_nouns=1000, detector="yolo",
-        yolo_weights="yolov8n.pt", teacher="clip", clip_weights="openai/clip-vit-base-patch32",
-        tau=0.01, min_confidence=0.2,
+        spacy_model="en_core_web_sm",
+        top_m_nouns=1000,
+        detector="yolo",
+        yolo_weights="yolov8n.pt",
+        teacher="clip",
+        clip_weights="openai/clip-vit-base-patch32",
+        tau=0.01,
+        min_confidence=0.2,
     )
     cfg.pretrain = PretrainConfig(
-        steps=85000, batch_size=128, lr=1e-4, weight_decay=1e-3, checkpoint_every=1000,
-        log_every=50, num_workers=4, bf16=True,
+        steps=85000,
+        batch_size=128,
+        lr=1e-4,
+        weight_decay=1e-3,
+        checkpoint_every=1000,
+        log_every=50,
+        num_workers=4,
+        bf16=True,
     )
     cfg.finetune = FinetuneConfig(
-        epochs=30, batch_size=16, lr=1e-4, head_lr=5e-2, weight_decay=1e-3, patience=5,
-        num_workers=4, bf16=True,
+        epochs=30,
+        batch_size=16,
+        lr=1e-4,
+        head_lr=5e-2,
+        weight_decay=1e-3,
+        patience=5,
+        num_workers=4,
+        bf16=True,
     )
     cfg.run.seeds = (0, 1, 2)
     return cfg
@@ -454,7 +521,9 @@ def load_config(
         try:
             values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from e
+            raise ConfigError(
+                f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}"
+            ) from e
         if values is None:
             values = {}
         if not isinstance(values, dict):
@@ -512,7 +581,10 @@ def add_config_arguments(parser: Any) -> None:
     parser.add_argument("--profile", default="tiny", choices=PROFILES, help="configuration profile")
     parser.add_argument("--config", metavar="FILE", help="YAML/JSON file of config sections")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one setting, e.g. --set finetune.lr=1e-4 (repeatable)",
     )
 

@@ -17,9 +17,24 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give (mkstemp alone makes 0600)
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file next to ``path``; on success fsync and rename it over ``path``."""
+def atomic_open(
+    path: str | Path, mode: str = "w", encoding: str | None = "utf-8", fsync: bool = True
+) -> Iterator[IO]:
+    """Open a temp file next to ``path``; on success fsync and rename it over ``path``.
+
+    ``fsync=False`` skips the per-file fsync (still never a half-written file under ``path``):
+    for many small files committed together by one later marker, after one ``os.sync()``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
@@ -28,7 +43,9 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -42,8 +59,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    with atomic_open(path, "wb", encoding=None) as fh:
+def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = True) -> Path:
+    with atomic_open(path, "wb", encoding=None, fsync=fsync) as fh:
         fh.write(data)
     return Path(path)
 

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promu_lib import paths
-from promu_lib.config import Config, add_config_arguments, config_from_args, config_hash, save_config
+from promu_lib.config import (
+    Config,
+    add_config_arguments,
+    config_from_args,
+    config_hash,
+    save_config,
+)
 from promu_lib.errors import PromuError
 from promu_lib.io import atomic_write_json, atomic_write_text
 
@@ -103,7 +109,9 @@ def _failure_message(stage: Stage, err: Exception) -> str:
     cell = getattr(err, "exec_count", None) or getattr(err, "cell_index", None)
     ename = getattr(err, "ename", type(err).__name__)
     evalue = getattr(err, "evalue", str(err))
-    return f"stage '{stage.name}' failed in notebooks/{stage.notebook}, cell {cell}: {ename}: {evalue}"
+    return (
+        f"stage '{stage.name}' failed in notebooks/{stage.notebook}, cell {cell}: {ename}: {evalue}"
+    )
 
 
 def run_stage(stage: Stage, cfg: Config, config_file: Path, reports: Path, force: bool) -> dict:
@@ -207,8 +215,14 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
                 statuses.append(
                     json.loads(status_file.read_text())
                     if status_file.is_file()
-                    else {"stage": stage.name, "title": stage.title, "status": "failed",
-                          "seconds": 0.0, "report": "", "error": str(e)}
+                    else {
+                        "stage": stage.name,
+                        "title": stage.title,
+                        "status": "failed",
+                        "seconds": 0.0,
+                        "report": "",
+                        "error": str(e),
+                    }
                 )
                 print(f"[promu] {e}", file=sys.stderr)
                 code = 1
@@ -222,9 +236,15 @@ def register(sub) -> None:
     """``promu run`` and ``promu stages``."""
     p = sub.add_parser("run", help="run the stages of a profile (what ./run_all.sh calls)")
     add_config_arguments(p)
-    p.add_argument("--only", action="append", metavar="STAGE", help="run only this stage (repeatable)")
+    p.add_argument(
+        "--only", action="append", metavar="STAGE", help="run only this stage (repeatable)"
+    )
     p.add_argument("--force", action="store_true", help="rerun stages even when cached")
     p.set_defaults(func=lambda a: run_pipeline(config_from_args(a), only=a.only, force=a.force))
 
     s = sub.add_parser("stages", help="list the stages and their notebooks")
-    s.set_defaults(func=lambda a: print("\n".join(f"{x.name:12s} notebooks/{x.notebook}  {x.title}" for x in STAGES)))
+    s.set_defaults(
+        func=lambda a: print(
+            "\n".join(f"{x.name:12s} notebooks/{x.notebook}  {x.title}" for x in STAGES)
+        )
+    )

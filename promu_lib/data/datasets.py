@@ -1,0 +1,623 @@
+"""Torch datasets for MNER and MRE: word pieces, the post image and its object crops.
+
+Everything that does not change between epochs is computed once at construction: the word
+pieces of every post and (``cache_images=True``) the resized image and crop pixels of the
+split, kept as uint8 and normalised on the fly, so epochs never decode a JPEG again.
+
+Batches follow the shared contract (``collate``): ``input_ids``, ``attention_mask``, ``image``
+(B, 3, S, S), ``objects`` (B, m, 3, S, S), ``object_mask`` (B, m), ``boxes`` (B, m, 4), ``ids``;
+MNER adds ``word_starts``/``word_mask``/``tags`` (B, W); MRE adds ``head_start``/``tail_start``/
+``label`` (B,). Each item also carries ``index`` (its position in ``dataset.posts``), which the
+evaluation uses to find the full gold labels.
+
+Fixes over the reference processor (HVPNeT ``processor/dataset.py``): the closing marker of an
+entity that ends at the last token is inserted; overlapping head/tail spans get consistently
+nested markers; truncation keeps both entities and all four markers instead of crashing; MNER
+labels stay aligned when words are cut off; a missing image is an error or a counted blank,
+never a silent placeholder.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from promu_lib.config import Config
+from promu_lib.data.formats import read_boxes, read_mnre, read_twitter
+from promu_lib.data.images import ImageLoader, clip_box, crop, safe_join
+from promu_lib.data.layout import DataLayout
+from promu_lib.data.records import MNRE_REL2ID, NER_TAG2ID, RE_MARKERS, Box, NerPost, RePost
+from promu_lib.errors import DataError, MissingAssetError
+from promu_lib.paths import resolve
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_MODES = ("true", "blank", "shuffled")  # robustness study: real, no image, another post's
+IMAGE_TRANSFORMS = ("resize", "resize-crop")
+
+# =============================================================================================
+# Text
+# =============================================================================================
+
+
+def post_id(post: NerPost | RePost, index: int) -> str:
+    """A readable unique id: the image id and the source line (MNRE has many lines per image)."""
+    return f"{post.img_id}@L{post.line}" if post.line else f"{post.img_id}@{index}"
+
+
+def _clip_pieces(ids: list[int], max_len: int) -> list[int]:
+    """Keep ``[CLS]``, the first ``max_len - 2`` pieces and ``[SEP]``."""
+    return ids if len(ids) <= max_len else ids[: max_len - 1] + ids[-1:]
+
+
+def _first_pieces(word_ids: Sequence[int | None]) -> dict[int, int]:
+    first: dict[int, int] = {}
+    for pos, w in enumerate(word_ids):
+        if w is not None and w not in first:
+            first[w] = pos
+    return first
+
+
+@dataclass
+class _Encoded:
+    input_ids: list[int]
+    starts: list[int]  # per word: index of its first piece in input_ids; -1 if cut off
+    truncated: bool
+    empty_words: int  # words that gave no piece (tokenised as [UNK] instead)
+
+
+def encode_words(
+    tokenizer: PreTrainedTokenizerBase,
+    words: Sequence[str],
+    max_len: int | None,
+    pieces: tuple[list[int], list[int | None]] | None = None,
+) -> _Encoded:
+    """Word pieces of pre-split ``words``, at most ``max_len`` with ``[CLS]``/``[SEP]``.
+
+    A word that yields no piece (a lone ``\\xa0``, a stripped combining mark) is tokenised as
+    ``[UNK]`` so that every word keeps a first piece. ``pieces`` = ``(input_ids, word_ids)``
+    when already computed in a batch call.
+    """
+    if pieces is None:
+        enc = tokenizer(list(words), is_split_into_words=True)
+        pieces = (enc["input_ids"], enc.word_ids())
+    ids, first = list(pieces[0]), _first_pieces(pieces[1])
+    empty = len(words) - len(first)
+    if empty:
+        words = [w if i in first else tokenizer.unk_token for i, w in enumerate(words)]
+        enc = tokenizer(list(words), is_split_into_words=True)
+        ids, first = list(enc["input_ids"]), _first_pieces(enc.word_ids())
+    clipped = ids if max_len is None else _clip_pieces(ids, max_len)
+    starts = [first[i] if first[i] < len(clipped) - 1 else -1 for i in range(len(words))]
+    return _Encoded(clipped, starts, len(clipped) < len(ids), empty)
+
+
+def insert_markers(
+    tokens: Sequence[str], head: tuple[int, int], tail: tuple[int, int]
+) -> tuple[list[str], list[int]]:
+    """``tokens`` with ``<s> … </s>`` around ``head`` and ``<o> … </o>`` around ``tail``, and
+    the positions of ``<s>, </s>, <o>, </o>`` in the result.
+
+    Spans are ``[start, end)``. At each boundary closing markers come before opening ones; two
+    markers at one boundary nest (the longer span opens first, the span opened later closes
+    first), so overlapping and identical spans give a well-defined sequence. An entity ending
+    at the last token gets its closing marker (the reference drops it).
+    """
+    n = len(tokens)
+    for name, (a, b) in (("head", head), ("tail", tail)):
+        if not 0 <= a < b <= n:
+            raise ValueError(f"{name} span [{a}, {b}) is not inside a {n}-token sentence")
+    # (boundary, closing first, nesting key, marker index into RE_MARKERS)
+    events = [
+        (head[0], 1, (-head[1], 0), 0),
+        (head[1], 0, (-head[0], 1), 1),
+        (tail[0], 1, (-tail[1], 1), 2),
+        (tail[1], 0, (-tail[0], 0), 3),
+    ]
+    at: dict[int, list[int]] = {}
+    for *_, m in sorted(events):
+        at.setdefault(events[m][0], []).append(m)
+    out: list[str] = []
+    pos = [0] * 4
+    for i in range(n + 1):
+        for m in at.get(i, ()):
+            pos[m] = len(out)
+            out.append(RE_MARKERS[m])
+        if i < n:
+            out.append(tokens[i])
+    return out, pos
+
+
+def _keep_positions(n: int, budget: int, spans: list[tuple[int, int]]) -> list[int]:
+    """Which of ``n`` body pieces to keep (at most ``budget``), keeping both marked spans.
+
+    If the stretch from the first to the last marker fits, the kept pieces are one window
+    centred on it; otherwise the marker-to-marker spans themselves come first, then the
+    pieces nearest to them.
+    """
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)  # hi inclusive
+    if hi - lo + 1 <= budget:
+        start = lo - (budget - (hi - lo + 1)) // 2
+        start = max(0, min(start, n - budget))
+        return list(range(start, start + budget))
+
+    def distance(p: int) -> int:
+        return min(0 if a <= p <= b else min(abs(p - a), abs(p - b)) for a, b in spans)
+
+    markers = {p for span in spans for p in span}
+    rest = sorted((p for p in range(n) if p not in markers), key=lambda p: (distance(p), p))
+    return sorted([*markers, *rest[: budget - len(markers)]])
+
+
+def encode_re(
+    tokenizer: PreTrainedTokenizerBase, post: RePost, max_len: int
+) -> tuple[list[int], int, int, bool]:
+    """``(input_ids, head_start, tail_start, truncated)`` with the markers inserted.
+
+    ``head_start``/``tail_start`` index ``<s>``/``<o>`` in ``input_ids``. Truncation keeps all
+    four markers (see :func:`_keep_positions`).
+    """
+    if max_len < 6:
+        raise ValueError(f"data.max_len={max_len} cannot hold [CLS], 4 markers and [SEP]")
+    head, tail = (post.head.start, post.head.end), (post.tail.start, post.tail.end)
+    words, marker_words = insert_markers(post.tokens, head, tail)
+    enc = encode_words(tokenizer, words, None)
+    ids = enc.input_ids
+    pos = [enc.starts[w] for w in marker_words]  # <s>, </s>, <o>, </o>
+    truncated = len(ids) > max_len
+    if truncated:
+        body = ids[1:-1]
+        spans = [(pos[0] - 1, pos[1] - 1), (pos[2] - 1, pos[3] - 1)]
+        keep = _keep_positions(len(body), max_len - 2, spans)
+        new_index = {p: i + 1 for i, p in enumerate(keep)}
+        ids = [ids[0], *(body[p] for p in keep), ids[-1]]
+        pos = [new_index[p - 1] for p in pos]
+    return ids, pos[0], pos[2], truncated
+
+
+# =============================================================================================
+# Images
+# =============================================================================================
+
+
+def to_pixels(image: Image.Image, size: int, transform: str = "resize") -> torch.Tensor:
+    """uint8 (3, size, size): a plain resize, or ``resize-crop`` = the reference's Resize 256 ->
+    CenterCrop 224, scaled to ``size`` (shorter side to size*256/224, then a centre crop)."""
+    if transform == "resize":
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    elif transform == "resize-crop":
+        image = TF.center_crop(TF.resize(image, round(size * 256 / 224)), [size, size])
+    else:
+        raise ValueError(f"image transform {transform!r}; expected one of {IMAGE_TRANSFORMS}")
+    return TF.pil_to_tensor(image)
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, S, S) -> float, ImageNet mean/std."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+@dataclass
+class Visual:
+    """One post's image inputs before normalisation (uint8 pixels)."""
+
+    image: torch.Tensor  # (3, S, S) uint8
+    objects: torch.Tensor  # (m, 3, S, S) uint8
+    object_mask: torch.Tensor  # (m,) bool
+    boxes: torch.Tensor  # (m, 4) float in [0, 1]
+    present: bool  # False = blank (normalises to zeros, no objects)
+
+    @classmethod
+    def blank(cls, size: int, m: int) -> Visual:
+        return cls(
+            torch.zeros(3, size, size, dtype=torch.uint8),
+            torch.zeros(m, 3, size, size, dtype=torch.uint8),
+            torch.zeros(m, dtype=torch.bool),
+            torch.zeros(m, 4),
+            False,
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Normalised tensors; padding and blanks are exact zeros."""
+        image = normalize(self.image) if self.present else torch.zeros(self.image.shape)
+        objects = normalize(self.objects) * self.object_mask.view(-1, 1, 1, 1)
+        return {
+            "image": image,
+            "objects": objects,
+            "object_mask": self.object_mask,
+            "boxes": self.boxes,
+        }
+
+
+@dataclass
+class ImageSource:
+    """Where a split's images and detector boxes are, and how to make pixels of them."""
+
+    image_dir: Path
+    boxes: Mapping[str, Sequence[Box]]
+    size: int
+    max_objects: int
+    transform: str = "resize"
+    suffix: str = ""  # appended to the image id to get the file name (Twitter: ".jpg")
+    on_missing: str = "error"
+    on_bad_box: str = "error"
+    source: Path | None = None  # the data file that names the images (for error messages)
+    boxes_path: Path | None = None
+    bad_boxes: int = 0
+    loader: ImageLoader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loader = ImageLoader(on_missing=self.on_missing, blank_size=(self.size, self.size))
+
+    @property
+    def n_missing(self) -> int:
+        return self.loader.n_blank
+
+    def visual(self, img_id: str, line: int | None = None) -> Visual:
+        path = safe_join(self.image_dir, img_id + self.suffix, self.source, line)
+        image = self.loader(path)
+        m, size = self.max_objects, self.size
+        if str(path) in self.loader.blanks:  # missing and on_missing="blank": counted there
+            return Visual.blank(size, m)
+        out = Visual.blank(size, m)
+        out.image, out.present = to_pixels(image, size, self.transform), True
+        boxes = sorted(self.boxes.get(img_id, ()), key=lambda b: -b.score)  # stable on ties
+        w, h = image.size
+        k = 0
+        for box in boxes:
+            if k == m:
+                break
+            try:
+                b = clip_box(box, w, h, self.boxes_path)
+            except DataError:
+                if self.on_bad_box == "error":
+                    raise
+                self.bad_boxes += 1
+                continue
+            out.objects[k] = to_pixels(crop(image, b), size, self.transform)
+            out.object_mask[k] = True
+            out.boxes[k] = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h])
+            k += 1
+        return out
+
+
+# =============================================================================================
+# Datasets
+# =============================================================================================
+
+
+class PostDataset(Dataset):
+    """Posts of one split, encoded once; images cached as uint8 or loaded per item.
+
+    ``image_mode``: ``"true"`` (the post's image), ``"blank"`` (zeros, no objects) or
+    ``"shuffled"`` (the image of another post: a fixed derangement drawn from ``seed``).
+    ``images=None`` gives text-only batches (no image keys).
+    """
+
+    task: str = ""
+
+    def __init__(
+        self,
+        posts: Sequence[NerPost | RePost],
+        tokenizer: PreTrainedTokenizerBase,
+        max_len: int,
+        images: ImageSource | None = None,
+        *,
+        image_mode: str = "true",
+        seed: int = 0,
+        cache_images: bool = True,
+        progress: bool = True,
+        name: str = "",
+    ) -> None:
+        if image_mode not in IMAGE_MODES:
+            raise ValueError(f"image_mode {image_mode!r}; expected one of {IMAGE_MODES}")
+        if not posts:
+            raise ValueError(f"{name or 'dataset'}: no posts")
+        self.posts = list(posts)
+        self.ids = [post_id(p, i) for i, p in enumerate(self.posts)]
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.max_len = max_len
+        self.images, self.image_mode, self.name = images, image_mode, name
+        self.stats: dict[str, int] = {"posts": len(self.posts), "truncated": 0}
+        self._encode(tokenizer)
+        self.image_of = self._image_order(seed)
+        self._cache: list[Visual] | None = None
+        if images is not None and image_mode != "blank" and cache_images:
+            todo = tqdm(
+                self.posts, desc=f"images {name}".strip(), disable=not progress, leave=False
+            )
+            self._cache = [images.visual(p.img_id, p.line or None) for p in todo]
+        if self.stats["truncated"]:
+            log.warning(
+                "%s: %d of %d posts are longer than data.max_len=%d pieces and were truncated",
+                name or self.task,
+                self.stats["truncated"],
+                len(self.posts),
+                max_len,
+            )
+        self._report_images()
+
+    def _encode(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        raise NotImplementedError
+
+    def _image_order(self, seed: int) -> list[int]:
+        n = len(self.posts)
+        if self.image_mode != "shuffled" or n < 2:
+            return list(range(n))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        image_of = [0] * n
+        for k, i in enumerate(order):  # a cycle through a random order: nobody keeps its own
+            image_of[i] = order[(k + 1) % n]
+        return image_of
+
+    def _report_images(self) -> None:
+        if self.images is None:
+            return
+        self.stats["missing_images"] = self.images.n_missing
+        self.stats["bad_boxes"] = self.images.bad_boxes
+        if self.images.n_missing:
+            log.warning(
+                "%s: %d missing or unreadable images replaced by blanks (data.on_missing_image="
+                "'blank'); first: %s",
+                self.name or self.task,
+                self.images.n_missing,
+                next(iter(self.images.loader.blanks)),
+            )
+
+    def visual(self, index: int) -> Visual | None:
+        if self.images is None:
+            return None
+        if self.image_mode == "blank":
+            return Visual.blank(self.images.size, self.images.max_objects)
+        j = self.image_of[index]
+        if self._cache is not None:
+            return self._cache[j]
+        return self.images.visual(self.posts[j].img_id, self.posts[j].line or None)
+
+    def __len__(self) -> int:
+        return len(self.posts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"id": self.ids[index], "index": index, **self._text_item(index)}
+        v = self.visual(index)
+        if v is not None:
+            item.update(v.tensors())
+        return item
+
+    def _text_item(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class NerDataset(PostDataset):
+    """MNER posts: the first piece of each word carries its tag (Twitter-2015/2017)."""
+
+    task = "ner"
+
+    def _encode(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        words = [list(p.tokens) for p in self.posts]
+        batch = tokenizer(words, is_split_into_words=True)
+        self.input_ids, self.starts, self.tags = [], [], []
+        self.stats["dropped_words"] = self.stats["empty_words"] = 0
+        for i, post in enumerate(self.posts):
+            pieces = (batch["input_ids"][i], batch.word_ids(i))
+            enc = encode_words(tokenizer, post.tokens, self.max_len, pieces)
+            self.input_ids.append(enc.input_ids)
+            self.starts.append(enc.starts)
+            self.tags.append([NER_TAG2ID[t] for t in post.labels])
+            self.stats["truncated"] += enc.truncated
+            self.stats["dropped_words"] += sum(s < 0 for s in enc.starts)
+            self.stats["empty_words"] += enc.empty_words
+
+    def _text_item(self, index: int) -> dict[str, Any]:
+        starts = torch.tensor(self.starts[index])
+        mask = starts >= 0
+        return {
+            "input_ids": torch.tensor(self.input_ids[index]),
+            "word_starts": starts.clamp(min=0),
+            "word_mask": mask,
+            "tags": torch.tensor(self.tags[index]) * mask,
+        }
+
+    def gold(self, index: int) -> list[str]:
+        return list(self.posts[index].labels)
+
+
+class ReDataset(PostDataset):
+    """MRE posts with ``<s> head </s>`` and ``<o> tail </o>`` markers (MNRE)."""
+
+    task = "re"
+
+    def _encode(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.input_ids, self.heads, self.tails, self.labels = [], [], [], []
+        for post in self.posts:
+            ids, h, t, truncated = encode_re(tokenizer, post, self.max_len)
+            self.input_ids.append(ids)
+            self.heads.append(h)
+            self.tails.append(t)
+            self.labels.append(MNRE_REL2ID[post.relation])
+            self.stats["truncated"] += truncated
+
+    def _text_item(self, index: int) -> dict[str, Any]:
+        return {
+            "input_ids": torch.tensor(self.input_ids[index]),
+            "head_start": self.heads[index],
+            "tail_start": self.tails[index],
+            "label": self.labels[index],
+        }
+
+    def gold(self, index: int) -> str:
+        return self.posts[index].relation
+
+
+def load_split(
+    cfg: Config,
+    dataset: str,
+    split: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    layout: DataLayout | None = None,
+    with_images: bool = True,
+    image_mode: str = "true",
+    seed: int = 0,
+    fraction: float = 1.0,
+    progress: bool | None = None,
+) -> PostDataset:
+    """The dataset of one split as the config describes it.
+
+    ``fraction < 1`` keeps that share of the posts, drawn WITHOUT replacement from ``seed``
+    (the reference draws with replacement), in file order.
+    """
+    layout = layout or DataLayout(root=resolve(cfg.data_root()), data=cfg.data)
+    d = cfg.data
+    path = layout.split_file(dataset, split)
+    if not path.is_file():
+        raise MissingAssetError(
+            f"the {dataset} {split} split",
+            [str(path)],
+            "Build the toy world first (stage 00, promu_lib.data.toyworld.build_toy_world) or put "
+            "the real files there "
+            "(see REFERENCE.md, 'Data formats').",
+        )
+    if dataset == "mnre":
+        posts: list = read_mnre(path, on_bad=d.on_bad_record)
+    else:
+        posts = read_twitter(path, on_bad=d.on_bad_record)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    if fraction < 1.0:
+        rng = np.random.default_rng(seed)
+        keep = rng.choice(len(posts), size=max(1, round(fraction * len(posts))), replace=False)
+        posts = [posts[i] for i in sorted(keep.tolist())]
+    images = _image_source(cfg, layout, dataset, split, path) if with_images else None
+    cls = ReDataset if dataset == "mnre" else NerDataset
+    return cls(
+        posts,
+        tokenizer,
+        d.max_len,
+        images,
+        image_mode=image_mode,
+        seed=seed,
+        cache_images=d.cache_images,
+        progress=cfg.run.progress if progress is None else progress,
+        name=f"{dataset}/{split}",
+    )
+
+
+def _image_source(
+    cfg: Config, layout: DataLayout, dataset: str, split: str, source: Path
+) -> ImageSource:
+    d = cfg.data
+    boxes: Mapping[str, Sequence[Box]] = {}
+    boxes_path = layout.boxes(dataset)
+    if d.max_objects > 0:
+        if not boxes_path.is_file():
+            raise MissingAssetError(
+                f"the object boxes of {dataset}",
+                [str(boxes_path)],
+                "Run the label-mining stage (detector boxes), or set data.max_objects=0 to "
+                "train without object crops.",
+            )
+        boxes = read_boxes(boxes_path, on_bad=d.on_bad_record)
+    return ImageSource(
+        image_dir=layout.image_dir(dataset, split),
+        boxes=boxes,
+        size=d.image_size,
+        max_objects=d.max_objects,
+        transform=d.image_transform,
+        suffix=layout.image_name(dataset, ""),
+        on_missing=d.on_missing_image,
+        on_bad_box=d.on_bad_record,
+        source=source,
+        boxes_path=boxes_path,
+    )
+
+
+# =============================================================================================
+# Batching
+# =============================================================================================
+
+
+def _pad(rows: Sequence[torch.Tensor], value: int | bool) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True, padding_value=value)
+
+
+def collate(items: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
+    """Pad and stack items into the contract's batch dict."""
+    ids = _pad([it["input_ids"] for it in items], pad_id)
+    lengths = torch.tensor([len(it["input_ids"]) for it in items])
+    batch: dict[str, Any] = {
+        "input_ids": ids,
+        "attention_mask": (torch.arange(ids.shape[1]) < lengths[:, None]).long(),
+        "ids": [it["id"] for it in items],
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+    first = items[0]
+    if "word_starts" in first:
+        batch["word_starts"] = _pad([it["word_starts"] for it in items], 0)
+        batch["word_mask"] = _pad([it["word_mask"] for it in items], False)
+        batch["tags"] = _pad([it["tags"] for it in items], 0)
+    if "label" in first:
+        for key in ("head_start", "tail_start", "label"):
+            batch[key] = torch.tensor([it[key] for it in items])
+    for key in ("image", "objects", "object_mask", "boxes"):
+        if key in first:
+            batch[key] = torch.stack([it[key] for it in items])
+    return batch
+
+
+class EpochSampler(Sampler[int]):
+    """A fixed order per (seed, epoch): resuming at epoch e replays exactly epoch e's order."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: PostDataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
+) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` and ``loader.sampler.set_epoch(e)``."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), shuffle, seed),
+        collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker if num_workers else None,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,177 @@
+"""PROMU's pre-training losses (paper Sec. 4, Eq. 3-11), each a small pure function.
+
+Shapes: B batch, D projection size, m objects per image, M candidate entities (nouns),
+R relation labels, K image patches, H hidden size.
+
+References: PROMU (Hu et al., ACM MM 2023) Eq. 3-11; ALBEF/BLIP for hard-negative sampling.
+The official code (THU-BPM/PROMU) differs from the paper's Eq. 5 in one place, noted at
+:func:`cit_loss`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _zero(*tensors: Tensor) -> Tensor:
+    """A scalar 0 connected to the graph of ``tensors`` (so ``backward()`` still works)."""
+    return sum(t.sum() for t in tensors) * 0.0
+
+
+# -- Eq. 3: image-text matching --------------------------------------------------------------
+
+
+def itm_loss(logits: Tensor, matched: Tensor) -> Tensor:
+    """Eq. 3: binary cross entropy of ``fc(e_CLS)``, written as a 2-way CE (class 1 = matched).
+
+    logits (B, 2) from the fused [CLS]; matched (B,) bool.
+    """
+    return F.cross_entropy(logits, matched.long())
+
+
+class HardNegatives(NamedTuple):
+    """For each matched pair ``anchor[k]``: a hard negative text and a hard negative image.
+
+    Extra mismatched pairs are ``(image[anchor], text[text])`` and ``(image[image], text[anchor])``.
+    """
+
+    anchor: Tensor  # (N_m,) rows of the matched pairs
+    text: Tensor  # (N_m,) index of the negative caption for image[anchor]
+    image: Tensor  # (N_m,) index of the negative image for text[anchor]
+
+
+def hard_negative_indices(
+    sim: Tensor, matched: Tensor, generator: torch.Generator | None = None
+) -> HardNegatives:
+    """Sample hard negatives in the batch, ALBEF/BLIP style.
+
+    sim (B, B): image-to-text similarity (row i = image i, column j = caption j), already
+    divided by the temperature. For each matched pair i, a caption j != i is drawn with
+    probability softmax_j(sim[i, j]) and an image j != i with probability softmax_j(sim[j, i]).
+    With B < 2 there is nothing to draw and the result is empty.
+    """
+    anchor = matched.nonzero().flatten()
+    b = sim.shape[0]
+    if b < 2 or anchor.numel() == 0:
+        empty = anchor.new_zeros(0)
+        return HardNegatives(empty, empty, empty)
+    self_mask = torch.eye(b, dtype=torch.bool, device=sim.device)
+    sim = sim.detach().float().masked_fill(self_mask, float("-inf"))
+    w_text = sim[anchor].softmax(dim=1)  # (N_m, B)
+    w_image = sim.t()[anchor].softmax(dim=1)  # (N_m, B)
+    text = torch.multinomial(w_text, 1, generator=generator).flatten()
+    image = torch.multinomial(w_image, 1, generator=generator).flatten()
+    return HardNegatives(anchor, text, image)
+
+
+# -- Eq. 4-5: contrastive image-text loss over matched pairs ----------------------------------
+
+
+def cit_loss(
+    img_emb: Tensor, txt_emb: Tensor, matched: Tensor, temperature: float | Tensor
+) -> Tensor:
+    """Eq. 4-5: symmetric InfoNCE over the N_m matched pairs of the batch only.
+
+    img_emb, txt_emb (B, D): proj_v(v_CLS), proj_t(t_CLS), L2-normalised here; S = dot product.
+    Mismatched pairs are neither positives nor negatives (both sums of Eq. 5 run over N_m).
+    The official code instead keeps every caption of the batch in the denominator and
+    averages over all B rows; we follow the paper. Fewer than 2 matched pairs -> 0.
+    """
+    idx = matched.nonzero().flatten()
+    if idx.numel() < 2:
+        return _zero(img_emb, txt_emb)
+    v = F.normalize(img_emb[idx], dim=-1)
+    t = F.normalize(txt_emb[idx], dim=-1)
+    logits = v @ t.t() / temperature  # (N_m, N_m): S(V_i, X_j) / tau
+    target = torch.arange(idx.numel(), device=logits.device)
+    loss_it = F.cross_entropy(logits, target)  # image -> text
+    loss_ti = F.cross_entropy(logits.t(), target)  # text -> image
+    return (loss_it + loss_ti) / 2
+
+
+# -- Eq. 7-10: soft pseudo-label cross entropy ------------------------------------------------
+
+
+def soft_ce(logits: Tensor, target_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+    """-sum_j q_j log p_j over the last dim, averaged over the positions where ``mask`` is True.
+
+    logits, target_probs (..., K); mask (...) bool or None (= all). No selected position -> 0.
+    Its minimum over logits is the entropy of ``target_probs`` (reached at p = q).
+    """
+    per_item = -(target_probs * logits.log_softmax(dim=-1)).sum(dim=-1)  # (...)
+    if mask is None:
+        return per_item.mean()
+    mask = mask.bool()
+    if not mask.any():
+        return _zero(logits)
+    return per_item[mask].mean()
+
+
+def coe_loss(object_logits: Tensor, q_ent: Tensor, object_mask: Tensor) -> Tensor:
+    """Eq. 8: L_COE, soft CE between fc_ent(e_obj) and q_ent, mean over real objects.
+
+    object_logits, q_ent (B, m, M); object_mask (B, m) bool — real objects (and, when the
+    mining stage masked low-confidence pseudo-labels, only the confident ones).
+    """
+    return soft_ce(object_logits, q_ent, object_mask)
+
+
+def cir_loss(rel_logits: Tensor, q_rel: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Eq. 10: L_CIR, soft CE between fc_rel(e_CLS) and q_rel. rel_logits, q_rel (B, R); mask (B,)."""
+    return soft_ce(rel_logits, q_rel, mask)
+
+
+def boxes_to_patch_mask(boxes: Tensor, grid: int) -> Tensor:
+    """P_o of Eq. 7: which of the grid x grid patches (row-major) each object covers.
+
+    boxes (B, m, 4) normalised (x1, y1, x2, y2) in [0, 1] -> (B, m, grid*grid) bool. A patch
+    belongs to an object when its centre lies in the box; a box too small to hold any centre
+    gets the patch under its own centre. All-zero (padding) boxes get no patch.
+    """
+    centres = (torch.arange(grid, dtype=boxes.dtype, device=boxes.device) + 0.5) / grid
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    cx, cy = cx.flatten(), cy.flatten()  # (K,)
+    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # (B, m, 1) each
+    inside = (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)  # (B, m, K)
+    # fall back to the patch under the box centre
+    col = (((x1 + x2) / 2) * grid).long().clamp(0, grid - 1)
+    row = (((y1 + y2) / 2) * grid).long().clamp(0, grid - 1)
+    centre_patch = F.one_hot((row * grid + col).squeeze(-1), grid * grid).bool()
+    real = (x2 > x1).squeeze(-1) & (y2 > y1).squeeze(-1)  # (B, m)
+    empty = ~inside.any(dim=-1)
+    inside = torch.where(empty[..., None], centre_patch, inside)
+    return inside & real[..., None]
+
+
+def mean_states_in_boxes(states: Tensor, patch_mask: Tensor) -> Tensor:
+    """Eq. 7: e_obj = AVG of the fused patch states inside each object.
+
+    states (B, K, H) fused image-patch states (no [CLS]); patch_mask (B, m, K) bool/0-1.
+    Returns (B, m, H); an object with no patch gets zeros.
+    """
+    w = patch_mask.to(states.dtype)
+    count = w.sum(dim=-1, keepdim=True).clamp(min=1.0)  # (B, m, 1)
+    return (w @ states) / count
+
+
+# -- Eq. 11: the weighted sum ----------------------------------------------------------------
+
+
+def total_loss(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """Eq. 11: sum_k lambda_k L_k. A weight of 0, or a loss absent from ``losses``, is off.
+
+    Every loss present must have a weight (so a typo cannot silently drop one).
+    """
+    unweighted = sorted(set(losses) - set(weights))
+    if unweighted:
+        raise ValueError(f"no weight for loss(es) {unweighted}; weights cover {sorted(weights)}")
+    if not losses:
+        raise ValueError("no losses to combine")
+    on = [(weights[k], v) for k, v in losses.items() if weights[k] != 0]
+    if not on:
+        return _zero(*losses.values())
+    return sum(w * v for w, v in on)

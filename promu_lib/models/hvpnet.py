@@ -1,0 +1,233 @@
+"""HVPNeT (HMNeT): hierarchical visual prefix for a BERT-style text encoder.
+
+HVPNeT paper, Sec. 3. The global image and the top-m object crops go through a CNN pyramid
+(Sec. 3.2, Eq. 1-2: each block's map pooled to the same p x p size, then a 1x1 conv to the
+text hidden size, giving p*p prompt tokens per block). Per text layer l a dynamic gate
+(Eq. 3-4: mean over blocks of the globally pooled features -> Linear -> LeakyReLU -> softmax
+over the c=4 blocks) mixes the blocks (Eq. 5); the mixed tokens of the global image and the
+objects are concatenated (Eq. 6) and projected to that layer's prefix keys and values
+(Eq. 8: here a shared Linear-Tanh followed by a per-layer Linear, the reference code's
+Linear(.., mid)-Tanh-Linear(mid, ..)), which every self-attention layer attends to (Eq. 9).
+
+Differences from the reference code (zjunlp/HVPNeT ``models/bert_model.py``), on purpose:
+- the gate mixes the pyramid *blocks*, as the paper defines it; the reference concatenates the
+  4 pooled maps, projects them, and gates 4 chunks of the projection output instead;
+- prefix keys/values are split into heads like the text keys (``(B, P, H) -> (B, nh, P, hd)``
+  by splitting H), where the reference reshapes (B, P, H) as a view (B, nh, P, hd), which
+  scrambles tokens and heads;
+- padded object slots are masked out of attention instead of attending to zero-image features.
+
+Variants (``cfg.hvpnet.variant``, HVPNeT paper Sec. 4.2 "variants of our model"):
+- ``full``: the model above.
+- ``single``: "without the pyramid structure, which maps the visual features derived from
+  4-th block of ResNet to the last layer corresponding to BERT" -> block 4 only, prefix only
+  at the last text layer.
+- ``flat``: "we assign the output of the 4-th block of ResNet as the visual features and then
+  map the visual features to each layer corresponding to BERT" -> block 4, every layer, no gate.
+- ``1v3``: "directly map visual features in one block to the three layers in BERT" -> block
+  i feeds layers [3i, 3i+3) for 12 layers; in general layer l gets block floor(l * c / L).
+- ``onlyobj``: "only adopting the object-level features" -> the full model without the
+  global image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from promu_lib.config import HVPNetConfig
+from promu_lib.models.encoder import BertEncoder, Prefix
+from promu_lib.models.pyramid import build_pyramid
+
+VARIANTS = ("full", "single", "flat", "1v3", "onlyobj")
+N_BLOCKS = 4  # pyramid levels (ResNet's 4 blocks)
+
+
+@dataclass
+class VisualPrefix:
+    prefix: list[Prefix | None]  # per text layer, (B, nh, P, hd) keys and values
+    mask: Tensor  # (B, P) bool, False for padded object slots
+    # (B, n_images, num_layers, 4) for the gated variants (image 0 = the global image, except
+    # for onlyobj), else None
+    gates: Tensor | None
+
+
+class HierarchicalVisualPrefix(nn.Module):
+    """Images -> per-layer prefix keys/values for a text encoder of ``num_layers`` x ``hidden``."""
+
+    def __init__(
+        self, cfg: HVPNetConfig, hidden_size: int, num_layers: int, num_heads: int
+    ) -> None:
+        super().__init__()
+        if cfg.variant not in VARIANTS:
+            raise ValueError(f"unknown HVPNeT variant {cfg.variant!r}; expected one of {VARIANTS}")
+        side = math.isqrt(cfg.prompt_len)
+        if side * side != cfg.prompt_len:
+            raise ValueError(
+                f"hvpnet.prompt_len must be a square (p x p pooled map), got {cfg.prompt_len}"
+            )
+        self.cfg, self.variant, self.side = cfg, cfg.variant, side
+        self.num_layers, self.num_heads, self.hidden = num_layers, num_heads, hidden_size
+        self.backbone = build_pyramid(cfg.backbone, cfg.backbone_weights, cfg.image_size)
+        self.frozen = cfg.freeze_backbone
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+        # Eq. 1-2: 1x1 conv per block to the text hidden size
+        self.block_proj = nn.ModuleList(
+            nn.Conv2d(c, hidden_size, 1) for c in self.backbone.channels
+        )
+        if self.variant in ("full", "onlyobj"):
+            # Eq. 3, all layers' W_l at once: (B*n, H) -> (B*n, L * c)
+            self.gate = nn.Linear(hidden_size, num_layers * N_BLOCKS)
+        else:
+            self.register_buffer("routing", self._fixed_routing(), persistent=False)
+        # Eq. 8: shared Linear-Tanh, then the per-layer W_l^phi to keys and values
+        self.mid = nn.Sequential(nn.Linear(hidden_size, cfg.mid_dim), nn.Tanh())
+        n_out = 1 if self.variant == "single" else num_layers
+        self.kv_weight = nn.Parameter(torch.randn(n_out, cfg.mid_dim, 2 * hidden_size) * 0.02)
+        self.kv_bias = nn.Parameter(torch.zeros(n_out, 2 * hidden_size))
+
+    def _fixed_routing(self) -> Tensor:
+        """(L', c) block weights of the gate-free variants (L' = 1 for ``single``)."""
+        L = self.num_layers
+        if self.variant == "single":
+            return F.one_hot(torch.tensor([N_BLOCKS - 1]), N_BLOCKS).float()
+        if self.variant == "flat":
+            return F.one_hot(torch.full((L,), N_BLOCKS - 1), N_BLOCKS).float()
+        return F.one_hot(torch.arange(L) * N_BLOCKS // L, N_BLOCKS).float()  # 1v3
+
+    def train(self, mode: bool = True) -> HierarchicalVisualPrefix:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()  # frozen BatchNorm statistics
+        return self
+
+    @property
+    def uses_global_image(self) -> bool:
+        return self.variant != "onlyobj"
+
+    def image_stack(
+        self, image: Tensor, objects: Tensor, object_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(B, n, 3, S, S) images (global first unless ``onlyobj``) and their (B, n) validity.
+
+        Only the first ``cfg.n_objects`` object slots are used (the data puts the top-scoring
+        boxes first)."""
+        objects, object_mask = (
+            objects[:, : self.cfg.n_objects],
+            object_mask[:, : self.cfg.n_objects],
+        )
+        if not self.uses_global_image:
+            return objects, object_mask.bool()
+        valid = torch.cat([object_mask.new_ones(object_mask.shape[0], 1), object_mask], 1).bool()
+        return torch.cat([image[:, None], objects], 1), valid
+
+    def pyramid_features(self, images: Tensor, valid: Tensor) -> list[Tensor]:
+        """Backbone pyramid pooled to p x p: images (B, n, 3, S, S) -> 4 x (B, n, C_i, p, p).
+
+        Only valid images run through the CNN (padded slots stay zero). With a frozen backbone
+        this is the expensive, cacheable part: a caller may precompute it and pass the result
+        to ``forward(features=...)``.
+        """
+        B, n = valid.shape
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            feats = self.backbone(images[valid])
+            pooled = [F.adaptive_avg_pool2d(f, self.side) for f in feats]
+        out = []
+        for f in pooled:
+            full = f.new_zeros(B, n, *f.shape[1:])
+            full[valid] = f
+            out.append(full)
+        return out
+
+    def forward(
+        self,
+        image: Tensor,
+        objects: Tensor,
+        object_mask: Tensor,
+        features: list[Tensor] | None = None,
+    ) -> VisualPrefix:
+        """image (B, 3, S, S), objects (B, m, 3, S, S), object_mask (B, m) -> per-layer prefix."""
+        images, valid = self.image_stack(image, objects, object_mask)
+        if features is None:
+            features = self.pyramid_features(images, valid)
+        B, n = valid.shape
+        T, H = self.side * self.side, self.hidden
+        # Eq. 1-2: V_i = Conv1x1(Pool(F_i)) -> (B*n, c, T, H)
+        V = torch.stack(
+            [
+                proj(f.flatten(0, 1)).flatten(2).transpose(1, 2)
+                for proj, f in zip(self.block_proj, features)
+            ],
+            dim=1,
+        )
+        if self.variant in ("full", "onlyobj"):
+            pooled = V.mean(dim=(1, 2))  # (B*n, H): mean over blocks of the pooled maps
+            logits = F.leaky_relu(self.gate(pooled)).view(B * n, self.num_layers, N_BLOCKS)  # Eq. 3
+            g = logits.softmax(-1)  # Eq. 4
+            mixed = torch.einsum("zlc,zcth->zlth", g, V)  # Eq. 5, (B*n, L, T, H)
+            gates = g.view(B, n, self.num_layers, N_BLOCKS)
+        else:
+            mixed = torch.einsum("lc,zcth->zlth", self.routing, V)
+            gates = None
+        Lp = mixed.shape[1]
+        # Eq. 6: concat global + objects per layer -> (B, L', n*T, H)
+        mixed = mixed.view(B, n, Lp, T, H).permute(0, 2, 1, 3, 4).reshape(B, Lp, n * T, H)
+        kv = torch.einsum("blpm,lmo->blpo", self.mid(mixed), self.kv_weight) + self.kv_bias[:, None]
+        P = n * T
+        # per-head split of each prefix token's key and value: (B, L', 2, nh, P, hd)
+        kv = kv.view(B, Lp, P, 2, self.num_heads, H // self.num_heads).permute(0, 1, 3, 4, 2, 5)
+        layers = [(kv[:, i, 0], kv[:, i, 1]) for i in range(Lp)]
+        prefix = [None] * (self.num_layers - 1) + layers if self.variant == "single" else layers
+        mask = valid[:, :, None].expand(B, n, T).reshape(B, P)
+        return VisualPrefix(prefix, mask, gates)
+
+
+class HVPNet(nn.Module):
+    """Text encoder + hierarchical visual prefix; ``token_states(batch)`` -> (B, L, H) states."""
+
+    def __init__(self, text: BertEncoder, cfg: HVPNetConfig) -> None:
+        super().__init__()
+        self.text = text
+        tc = text.cfg
+        self.visual = HierarchicalVisualPrefix(cfg, tc.hidden_size, tc.num_layers, tc.num_heads)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        image: Tensor,
+        objects: Tensor,
+        object_mask: Tensor,
+        features: list[Tensor] | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        vp = self.visual(image, objects, object_mask, features)
+        out = self.text(
+            input_ids,
+            attention_mask,
+            prefix=vp.prefix,
+            prefix_mask=vp.mask,
+            output_attentions=output_attentions,
+        )
+        extras: dict = {}
+        if vp.gates is not None:
+            extras["gates"] = vp.gates
+        if output_attentions:
+            extras["attentions"] = out.attentions
+        return out.last_hidden_state, extras
+
+    def token_states(self, batch: dict, output_attentions: bool = False) -> tuple[Tensor, dict]:
+        return self(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["image"],
+            batch["objects"],
+            batch["object_mask"],
+            batch.get("pyramid_features"),
+            output_attentions,
+        )

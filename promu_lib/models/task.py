@@ -1,0 +1,196 @@
+"""Task models for MNER (CRF over words) and MRE (entity markers) on any backbone.
+
+Backbones share one method, ``token_states(batch, output_attentions=False) -> (states (B, L,
+H), extras)``: ``TextBackbone`` (text-only BERT), ``HVPNet`` (HVPNeT and its variants) and
+``promu_lib.models.fusion.FusionEncoder`` (PROMU, fine-tuning reads its fused text states).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from promu_lib.config import Config
+from promu_lib.data.records import MNRE_RELATIONS, NER_TAGS
+from promu_lib.errors import CheckpointError, MissingAssetError
+from promu_lib.models.builders import build_fusion_encoder, build_text_encoder
+from promu_lib.models.encoder import BertEncoder
+from promu_lib.models.heads import CrfTagger, MarkerClassifier
+from promu_lib.models.hvpnet import HVPNet
+from promu_lib.paths import resolve
+
+TASKS = ("ner", "re")
+MODELS = ("bert", "hvpnet", "hvpnet-single", "hvpnet-flat", "hvpnet-1v3", "hvpnet-onlyobj", "promu")
+
+
+class TextBackbone(nn.Module):
+    """The text-only baseline: BERT states, no image."""
+
+    def __init__(self, text: BertEncoder) -> None:
+        super().__init__()
+        self.text = text
+
+    def token_states(self, batch: dict, output_attentions: bool = False) -> tuple[Tensor, dict]:
+        out = self.text(
+            batch["input_ids"], batch["attention_mask"], output_attentions=output_attentions
+        )
+        return out.last_hidden_state, ({"attentions": out.attentions} if output_attentions else {})
+
+
+class TaskModel(nn.Module):
+    """A backbone and a head; subclasses define ``forward`` and ``decode``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def param_groups(self, lr: float, head_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: backbone at ``lr``, head at ``head_lr``; no decay on 1-d parameters
+        (biases, LayerNorm, CRF start/end scores). Frozen parameters are left out."""
+        groups = []
+        for name, part, part_lr in (("backbone", self.backbone, lr), ("head", self.head, head_lr)):
+            params = [p for p in part.parameters() if p.requires_grad]
+            decay = [p for p in params if p.ndim > 1]
+            flat = [p for p in params if p.ndim <= 1]
+            groups.append(
+                {"name": name, "params": decay, "lr": part_lr, "weight_decay": weight_decay}
+            )
+            groups.append(
+                {"name": f"{name}_no_decay", "params": flat, "lr": part_lr, "weight_decay": 0.0}
+            )
+        return [g for g in groups if g["params"]]
+
+
+class NerModel(TaskModel):
+    """MNER: backbone states -> CRF over words (HVPNeT Eq. 10, PROMU Eq. 12-13)."""
+
+    head: CrfTagger
+
+    def forward(self, batch: dict, output_attentions: bool = False) -> dict[str, Any]:
+        states, extras = self.backbone.token_states(batch, output_attentions)
+        logits = self.head.emissions(states, batch["word_starts"])  # (B, W, T)
+        out: dict[str, Any] = {"logits": logits, **extras}
+        if "tags" in batch:
+            out["loss"] = self.head.loss(logits, batch["tags"], batch["word_mask"])
+        return out
+
+    def decode(self, batch: dict, logits: Tensor | None = None) -> list[list[int]]:
+        """Viterbi tag ids per post (only words under ``word_mask``); pass ``logits`` from a
+        ``forward`` on the same batch to skip a second backbone pass."""
+        if logits is None:
+            logits = self(batch)["logits"]
+        return self.head.decode(logits, batch["word_mask"])
+
+
+class ReModel(TaskModel):
+    """MRE: states at <s> and <o> -> Linear over the relations (PROMU Eq. 14-15)."""
+
+    head: MarkerClassifier
+
+    def forward(self, batch: dict, output_attentions: bool = False) -> dict[str, Any]:
+        states, extras = self.backbone.token_states(batch, output_attentions)
+        logits = self.head(states, batch["head_start"], batch["tail_start"])  # (B, R)
+        out: dict[str, Any] = {"logits": logits, **extras}
+        if "label" in batch:
+            out["loss"] = self.head.loss(logits, batch["label"])
+        return out
+
+    def decode(self, batch: dict, logits: Tensor | None = None) -> Tensor:
+        """Predicted relation ids (B,)."""
+        if logits is None:
+            logits = self(batch)["logits"]
+        return logits.argmax(-1)
+
+
+def build_backbone(cfg: Config, model: str, tokenizer: Any) -> nn.Module:
+    """The encoder part of a task model (``model`` one of ``MODELS``)."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    text = build_text_encoder(cfg.text, tokenizer)
+    if model == "bert":
+        return TextBackbone(text)
+    if model.startswith("hvpnet"):
+        variant = cfg.hvpnet.variant if model == "hvpnet" else model.split("-", 1)[1]
+        return HVPNet(text, dataclasses.replace(cfg.hvpnet, variant=variant))
+    encoder = build_fusion_encoder(cfg, tokenizer, text=text)
+    # Pre-training-only parts (Eq. 4-5) get no gradient in fine-tuning: freeze them so that
+    # optimisers and DDP (unused parameters) see only what the task trains.
+    for part in (encoder.proj_t, encoder.proj_v):
+        part.requires_grad_(False)
+    encoder.temp.requires_grad_(False)
+    return encoder
+
+
+def build_task_model(cfg: Config, task: str, model: str, tokenizer: Any) -> TaskModel:
+    """A task model: ``task`` "ner" | "re"; ``model`` one of ``MODELS``.
+
+    ``tokenizer`` sizes the vocabulary (``len(tokenizer)``, RE markers included). The PROMU
+    backbone starts from scratch (or from ``cfg.text.pretrained``) until
+    ``load_pretrained_backbone`` loads a pre-training checkpoint.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    backbone = build_backbone(cfg, model, tokenizer)
+    hidden, drop = backbone.text.hidden_size, cfg.text.dropout
+    if task == "ner":
+        return NerModel(backbone, CrfTagger(hidden, len(NER_TAGS), drop))
+    return ReModel(backbone, MarkerClassifier(hidden, len(MNRE_RELATIONS), drop))
+
+
+def load_pretrained_backbone(model: TaskModel, path: str | Path) -> int:
+    """Load the ``encoder.``-prefixed tensors of a pre-training safetensors file into the task
+    model's backbone (strict; for PROMU its ``FusionEncoder``). Returns the tensor count.
+
+    A missing, unexpected or mis-shaped key raises ``CheckpointError`` naming the first one.
+    One exception to strictness: the word embeddings may have fewer rows in the checkpoint
+    than in the model (the fine-tuning tokenizer added the RE markers); the rows it has are
+    copied, the new rows keep their initialisation.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = resolve(path)
+    if not p.is_file():
+        raise MissingAssetError(
+            "PROMU pre-training checkpoint",
+            [str(p)],
+            "Run the pre-training stage (notebook 02 / `promu pretrain`) or point at its .safetensors file.",
+        )
+    try:
+        sd = load_file(str(p))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from e
+    enc = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
+    if not enc:
+        raise CheckpointError(
+            f"{p}: holds no 'encoder.' tensors (is it a pre-training checkpoint?)"
+        )
+    own = model.backbone.state_dict()
+    missing = [k for k in own if k not in enc]
+    unexpected = [k for k in enc if k not in own]
+    if missing or unexpected:
+        key = f"encoder.{missing[0]}" if missing else f"encoder.{unexpected[0]}"
+        raise CheckpointError(
+            f"{p}: {'missing' if missing else 'unexpected'} key {key} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    word = "text.embeddings.word.weight"
+    for k, v in own.items():
+        if enc[k].shape == v.shape:
+            continue
+        if k == word and enc[k].shape[0] < v.shape[0] and enc[k].shape[1:] == v.shape[1:]:
+            grown = v.clone()
+            grown[: enc[k].shape[0]] = enc[k]
+            enc[k] = grown
+            continue
+        raise CheckpointError(
+            f"{p}: encoder.{k} has shape {tuple(enc[k].shape)}, the model expects {tuple(v.shape)} "
+            "(was it pre-trained with another model size?)"
+        )
+    with torch.no_grad():
+        model.backbone.load_state_dict(enc, strict=True)
+    return len(enc)

@@ -1,0 +1,1 @@
+"""Training: shared utilities (``common``), fine-tuning (``finetune``) and their CLI."""
