@@ -3,8 +3,9 @@
 Steps, cached together as the stage ``mining`` (by the hash of the ``data`` and ``mining``
 config sections):
 
-1. spaCy over the caption corpus -> the M most frequent nouns (lower-cased lemmas) = ENTITY;
-   entity prompts from one of the paper's two templates (Table 3, (1)/(2)).
+1. spaCy over the caption corpus (each distinct caption once) -> the M most frequent nouns
+   (lower-cased lemmas) = ENTITY; entity prompts from one of the paper's two templates
+   (Table 3, (1)/(2)).
 2. Relation labels: the 22 MNRE relations as readable phrases (:data:`RELATION_PHRASES`; the
    paper uses Wikidata relation tags, extra ones come from ``mining.extra_relation_labels``);
    relation prompts from one of the paper's three templates (Table 3, A/B/C).
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from promu_lib.cache import is_done, mark_done, stage_dir
 from promu_lib.config import Config, config_hash
-from promu_lib.data.records import MNRE_RELATIONS, Box
+from promu_lib.data.records import RELATION_PHRASES, Box
 from promu_lib.errors import DataError, MissingAssetError
 from promu_lib.io import atomic_write_bytes, atomic_write_json
 from promu_lib.paths import resolve
@@ -53,33 +54,6 @@ RELATION_TEMPLATES: tuple[str, ...] = (
     "The relation between the objects in the image is [RELATION].",  # (C)
 )
 
-# Readable phrases of the 22 real MNRE relations (None excluded: it is no relation to show).
-# The two alternate_names relations get distinct phrases so their prompts differ.
-RELATION_PHRASES: dict[str, str] = {
-    "/per/per/parent": "parent",
-    "/per/per/siblings": "siblings",
-    "/per/per/couple": "couple",
-    "/per/per/neighbor": "neighbor",
-    "/per/per/peer": "peer",
-    "/per/per/charges": "charges",
-    "/per/per/alumi": "alumni",
-    "/per/per/alternate_names": "person alternate name",
-    "/per/org/member_of": "member of",
-    "/per/loc/place_of_residence": "place of residence",
-    "/per/loc/place_of_birth": "place of birth",
-    "/org/org/alternate_names": "organization alternate name",
-    "/org/org/subsidiary": "subsidiary",
-    "/org/loc/locate_at": "located at",
-    "/loc/loc/contain": "contains",
-    "/per/misc/present_in": "present in",
-    "/per/misc/awarded": "awarded",
-    "/per/misc/race": "race",
-    "/per/misc/religion": "religion",
-    "/per/misc/nationality": "nationality",
-    "/misc/misc/part_of": "part of",
-    "/misc/loc/held_on": "held on",
-}
-assert set(RELATION_PHRASES) == set(MNRE_RELATIONS[1:])
 
 # Bump when the toy teacher's architecture or training changes (invalidates its cache).
 TOY_TEACHER_VERSION = 1

@@ -326,8 +326,21 @@ def test_load_pretrained_backbone_roundtrip_and_errors(tmp_path):
         load_pretrained_backbone(build_task_model(wider, "ner", "promu", Tok()), path)
     with pytest.raises(MissingAssetError, match="missing.safetensors"):
         load_pretrained_backbone(dst, tmp_path / "missing.safetensors")
-    with pytest.raises(CheckpointError, match="unexpected key encoder."):
-        load_pretrained_backbone(build_task_model(cfg, "ner", "bert", Tok()), path)
+    # into another backbone (PROMU Table 2): only the shared text encoder is initialised
+    for other in ("bert", "hvpnet"):
+        net = build_task_model(cfg, "ner", other, Tok())
+        assert load_pretrained_backbone(net, path) == len(src.backbone.text.state_dict())
+        for k, v in src.backbone.text.state_dict().items():
+            torch.testing.assert_close(net.backbone.text.state_dict()[k], v)
+    # a fine-tuned task model's backbone (cross-task transfer): the whole backbone
+    tuned = tmp_path / "tuned.safetensors"
+    save_file({k: v.contiguous() for k, v in dst.state_dict().items()}, str(tuned))
+    again = build_task_model(cfg, "re", "promu", Tok(VOCAB + 4))
+    assert load_pretrained_backbone(again, tuned) == len(dst.backbone.state_dict())
+    torch.testing.assert_close(again.backbone.state_dict(), dst.backbone.state_dict())
+    with pytest.raises(CheckpointError, match="neither 'encoder.'"):
+        save_file({"head.w": torch.zeros(2)}, str(tmp_path / "head.safetensors"))
+        load_pretrained_backbone(again, tmp_path / "head.safetensors")
 
 
 def test_missing_weights_raise_clear_errors(tmp_path):

@@ -47,6 +47,34 @@ MNRE_RELATIONS: tuple[str, ...] = (
 )
 MNRE_REL2ID: dict[str, int] = {r: i for i, r in enumerate(MNRE_RELATIONS)}
 
+# Readable phrases of the 22 real MNRE relations (None excluded: it is no relation to show).
+# The two alternate_names relations get distinct phrases so their prompts differ.
+RELATION_PHRASES: dict[str, str] = {
+    "/per/per/parent": "parent",
+    "/per/per/siblings": "siblings",
+    "/per/per/couple": "couple",
+    "/per/per/neighbor": "neighbor",
+    "/per/per/peer": "peer",
+    "/per/per/charges": "charges",
+    "/per/per/alumi": "alumni",
+    "/per/per/alternate_names": "person alternate name",
+    "/per/org/member_of": "member of",
+    "/per/loc/place_of_residence": "place of residence",
+    "/per/loc/place_of_birth": "place of birth",
+    "/org/org/alternate_names": "organization alternate name",
+    "/org/org/subsidiary": "subsidiary",
+    "/org/loc/locate_at": "located at",
+    "/loc/loc/contain": "contains",
+    "/per/misc/present_in": "present in",
+    "/per/misc/awarded": "awarded",
+    "/per/misc/race": "race",
+    "/per/misc/religion": "religion",
+    "/per/misc/nationality": "nationality",
+    "/misc/misc/part_of": "part of",
+    "/misc/loc/held_on": "held on",
+}
+assert set(RELATION_PHRASES) == set(MNRE_RELATIONS[1:])
+
 # Entity markers around head (subject) and tail (object), as in HVPNeT and MTB.
 RE_MARKERS: tuple[str, str, str, str] = ("<s>", "</s>", "<o>", "</o>")
 

@@ -43,7 +43,15 @@ from promu_lib.data.formats import (
     write_twitter,
 )
 from promu_lib.data.layout import NER_DATASETS, SPLITS, DataLayout
-from promu_lib.data.records import ENTITY_TYPES, Box, CaptionPair, NerPost, RePost, Span
+from promu_lib.data.records import (
+    ENTITY_TYPES,
+    RELATION_PHRASES,
+    Box,
+    CaptionPair,
+    NerPost,
+    RePost,
+    Span,
+)
 from promu_lib.data.toyworld_draw import (
     CLASS_NAMES,
     OBJECT_CLASSES,
@@ -58,7 +66,6 @@ from promu_lib.data.toyworld_draw import (
     render,
     row_layout,
 )
-from promu_lib.data.toyworld_text import RELATION_PHRASES
 from promu_lib.errors import DataError
 from promu_lib.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 from promu_lib.paths import resolve

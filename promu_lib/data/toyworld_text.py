@@ -13,34 +13,6 @@ import numpy as np
 
 Name = tuple[str, ...]  # the tokens of an invented name, e.g. ("Kavo", "Drel")
 
-# Readable phrase of every MNRE relation but "None" (no relation to show): the words captions
-# use for a drawn relation, so that the label mining's prompts ("This image shows the relation
-# of {phrase}.") name what the caption images show. Kept equal to promu_lib.mining's (tested).
-RELATION_PHRASES: dict[str, str] = {
-    "/per/per/parent": "parent",
-    "/per/per/siblings": "siblings",
-    "/per/per/couple": "couple",
-    "/per/per/neighbor": "neighbor",
-    "/per/per/peer": "peer",
-    "/per/per/charges": "charges",
-    "/per/per/alumi": "alumni",
-    "/per/per/alternate_names": "person alternate name",
-    "/per/org/member_of": "member of",
-    "/per/loc/place_of_residence": "place of residence",
-    "/per/loc/place_of_birth": "place of birth",
-    "/org/org/alternate_names": "organization alternate name",
-    "/org/org/subsidiary": "subsidiary",
-    "/org/loc/locate_at": "located at",
-    "/loc/loc/contain": "contains",
-    "/per/misc/present_in": "present in",
-    "/per/misc/awarded": "awarded",
-    "/per/misc/race": "race",
-    "/per/misc/religion": "religion",
-    "/per/misc/nationality": "nationality",
-    "/misc/misc/part_of": "part of",
-    "/misc/loc/held_on": "held on",
-}
-
 # -- names -----------------------------------------------------------------------------------
 
 _ONSETS = (

@@ -19,6 +19,7 @@ from promu_lib.data.records import MNRE_RELATIONS, NER_TAGS
 from promu_lib.errors import CheckpointError, MissingAssetError
 from promu_lib.models.builders import build_fusion_encoder, build_text_encoder
 from promu_lib.models.encoder import BertEncoder
+from promu_lib.models.fusion import FusionEncoder
 from promu_lib.models.heads import CrfTagger, MarkerClassifier
 from promu_lib.models.hvpnet import HVPNet
 from promu_lib.paths import resolve
@@ -141,14 +142,42 @@ def build_task_model(cfg: Config, task: str, model: str, tokenizer: Any) -> Task
     return ReModel(backbone, MarkerClassifier(hidden, len(MNRE_RELATIONS), drop))
 
 
-def load_pretrained_backbone(model: TaskModel, path: str | Path) -> int:
-    """Load the ``encoder.``-prefixed tensors of a pre-training safetensors file into the task
-    model's backbone (strict; for PROMU its ``FusionEncoder``). Returns the tensor count.
+def _backbone_tensors(
+    sd: dict[str, Tensor], model: TaskModel, p: Path
+) -> tuple[dict, nn.Module, str]:
+    """Pick the tensors of ``sd`` that initialise ``model``, the module they go into and the
+    key prefix they carry in the file.
 
-    A missing, unexpected or mis-shaped key raises ``CheckpointError`` naming the first one.
-    One exception to strictness: the word embeddings may have fewer rows in the checkpoint
-    than in the model (the fine-tuning tokenizer added the RE markers); the rows it has are
-    copied, the new rows keep their initialisation.
+    - ``backbone.*`` (a fine-tuned task model, for cross-task transfer): the whole backbone;
+    - ``encoder.*`` (a PROMU pre-training checkpoint) into a PROMU backbone: the whole
+      ``FusionEncoder``;
+    - ``encoder.text.*`` into any other backbone (HVPNeT, text-only BERT): its text encoder,
+      the part of the fusion encoder they share (PROMU Table 2: pre-training added on top of
+      another fusion model).
+    """
+    if any(k.startswith("backbone.") for k in sd):
+        prefix, target = "backbone.", model.backbone
+    elif not any(k.startswith("encoder.") for k in sd):
+        raise CheckpointError(
+            f"{p}: holds neither 'encoder.' (pre-training) nor 'backbone.' (fine-tuned model) tensors"
+        )
+    elif isinstance(model.backbone, FusionEncoder):
+        prefix, target = "encoder.", model.backbone
+    else:
+        prefix, target = "encoder.text.", model.backbone.text
+    picked = {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+    return picked, target, prefix
+
+
+def load_pretrained_backbone(model: TaskModel, path: str | Path) -> int:
+    """Initialise a task model's encoder from a safetensors file; returns the tensor count.
+
+    Which tensors go where: see ``_backbone_tensors`` (PROMU pre-training into PROMU or into
+    HVPNeT's / BERT's text encoder; a fine-tuned model's backbone for cross-task transfer).
+    Strict: a missing, unexpected or mis-shaped key raises ``CheckpointError`` naming the first
+    one. One exception: the word embeddings may have fewer rows in the checkpoint than in the
+    model (the fine-tuning tokenizer added the RE markers); the rows it has are copied, the new
+    rows keep their initialisation.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -156,7 +185,7 @@ def load_pretrained_backbone(model: TaskModel, path: str | Path) -> int:
     p = resolve(path)
     if not p.is_file():
         raise MissingAssetError(
-            "PROMU pre-training checkpoint",
+            "initialisation checkpoint",
             [str(p)],
             "Run the pre-training stage (notebook 02 / `promu pretrain`) or point at its .safetensors file.",
         )
@@ -164,33 +193,32 @@ def load_pretrained_backbone(model: TaskModel, path: str | Path) -> int:
         sd = load_file(str(p))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from e
-    enc = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
-    if not enc:
-        raise CheckpointError(
-            f"{p}: holds no 'encoder.' tensors (is it a pre-training checkpoint?)"
-        )
-    own = model.backbone.state_dict()
+    enc, target, prefix = _backbone_tensors(sd, model, p)
+    own = target.state_dict()
     missing = [k for k in own if k not in enc]
     unexpected = [k for k in enc if k not in own]
     if missing or unexpected:
-        key = f"encoder.{missing[0]}" if missing else f"encoder.{unexpected[0]}"
+        key = prefix + (missing[0] if missing else unexpected[0])
         raise CheckpointError(
             f"{p}: {'missing' if missing else 'unexpected'} key {key} "
             f"({len(missing)} missing, {len(unexpected)} unexpected)"
         )
-    word = "text.embeddings.word.weight"
     for k, v in own.items():
         if enc[k].shape == v.shape:
             continue
-        if k == word and enc[k].shape[0] < v.shape[0] and enc[k].shape[1:] == v.shape[1:]:
+        if (
+            k.endswith("embeddings.word.weight")
+            and enc[k].shape[0] < v.shape[0]
+            and enc[k].shape[1:] == v.shape[1:]
+        ):
             grown = v.clone()
             grown[: enc[k].shape[0]] = enc[k]
             enc[k] = grown
             continue
         raise CheckpointError(
-            f"{p}: encoder.{k} has shape {tuple(enc[k].shape)}, the model expects {tuple(v.shape)} "
-            "(was it pre-trained with another model size?)"
+            f"{p}: {prefix}{k} has shape {tuple(enc[k].shape)}, the model expects {tuple(v.shape)} "
+            "(was it trained with another model size?)"
         )
     with torch.no_grad():
-        model.backbone.load_state_dict(enc, strict=True)
+        target.load_state_dict(enc, strict=True)
     return len(enc)

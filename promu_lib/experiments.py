@@ -1,0 +1,244 @@
+"""What each table and figure runs: pre-training variants, fine-tuning jobs, and a runner.
+
+A job is a small frozen dataclass; its result is cached on disk by the training functions
+(config hash + seed + init), so a notebook simply asks for the jobs it needs with
+:func:`run_jobs` and reads their metrics. Missing jobs run in a pool of worker processes with
+one torch thread each (2 workers on a 2-core machine do about twice the work of one process
+with 2 threads on models this small). Pre-training jobs run first (their mining stages one at
+a time in this process, so no two workers mine into the same directory), then fine-tuning.
+
+The rows of PROMU's Table 1 map onto this code as follows (toy-world stand-ins named):
+- text-only baselines: ``bert`` (BERT-CRF for MNER, MTB-style markers for MRE);
+- HVPNeT: ``hvpnet`` (and its variants for the HVPNeT tables);
+- the CLIP/Oscar/VisualBERT/BLIP pre-training rows: our fusion model pre-trained with the
+  alignment losses only (ITM + CIT), ``align-only``;
+- PROMU and its three ablations: ``promu``, ``no-coe``, ``no-cir``, ``hard``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from promu_lib.config import Config
+
+# -- pre-training variants ---------------------------------------------------------------------
+
+PRETRAIN_VARIANTS: dict[str, dict[str, Any]] = {
+    "promu": {},
+    "no-coe": {"pretrain.lambda_coe": 0.0},  # w/o entity-object alignment
+    "no-cir": {"pretrain.lambda_cir": 0.0},  # w/o relation-image alignment
+    "hard": {"pretrain.soft_labels": False},  # w/o soft pseudo-labels
+    "align-only": {"pretrain.lambda_coe": 0.0, "pretrain.lambda_cir": 0.0},  # ITM + CIT
+}
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    """One pre-training run: a variant of Eq. 11 and a prompt-template pair (Table 3)."""
+
+    variant: str = "promu"
+    entity_template: int = 0
+    relation_template: int = 0
+    seed: int = 0
+
+    def config(self, cfg: Config) -> Config:
+        if self.variant not in PRETRAIN_VARIANTS:
+            raise ValueError(f"unknown pre-training variant {self.variant!r}")
+        return cfg.replace(
+            **PRETRAIN_VARIANTS[self.variant],
+            **{
+                "mining.entity_template": self.entity_template,
+                "mining.relation_template": self.relation_template,
+            },
+        )
+
+    def encoder_file(self, cfg: Config) -> Path:
+        from promu_lib.train.pretrain import ENCODER_FILE, pretrain_dir
+
+        return pretrain_dir(self.config(cfg), self.seed) / ENCODER_FILE
+
+    def run(self, cfg: Config) -> Path:
+        from promu_lib.train.pretrain import ENCODER_FILE, pretrain
+
+        return pretrain(self.config(cfg), seed=self.seed, progress_bar=False) / ENCODER_FILE
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """One fine-tuning run. ``init``: a :class:`Pretrain` (its encoder), or a
+    :class:`Finetune` (cross-task transfer of its backbone), or None (from scratch)."""
+
+    dataset: str
+    model: str
+    init: Pretrain | Finetune | None = None
+    seed: int = 0
+    image_mode: str = "true"
+    train_fraction: float = 1.0
+
+    def config(self, cfg: Config) -> Config:
+        if self.train_fraction == 1.0:
+            return cfg
+        return cfg.replace(**{"finetune.train_fraction": self.train_fraction})
+
+    def init_file(self, cfg: Config) -> Path | None:
+        if self.init is None:
+            return None
+        if isinstance(self.init, Pretrain):
+            return self.init.encoder_file(cfg)
+        return self.init.out_dir(cfg) / "model.safetensors"
+
+    def out_dir(self, cfg: Config) -> Path:
+        from promu_lib.train.finetune import finetune_dir
+
+        return finetune_dir(
+            self.config(cfg),
+            self.dataset,
+            self.model,
+            init=self.init_file(cfg),
+            seed=self.seed,
+            image_mode=self.image_mode,
+        )
+
+    def run(self, cfg: Config) -> dict[str, Any]:
+        from promu_lib.train.finetune import finetune
+
+        return finetune(
+            self.config(cfg),
+            self.dataset,
+            self.model,
+            init=self.init_file(cfg),
+            seed=self.seed,
+            image_mode=self.image_mode,
+        )
+
+
+# -- the runner --------------------------------------------------------------------------------
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["PROMU_PROGRESS"] = "0"
+
+
+def _run_one(job: Pretrain | Finetune, cfg: Config) -> Any:
+    return job.run(cfg)
+
+
+def _dependencies(jobs: Iterable[Finetune]) -> list[Pretrain | Finetune]:
+    deps: list[Pretrain | Finetune] = []
+    for job in jobs:
+        if job.init is not None and job.init not in deps:
+            deps.append(job.init)
+    return deps
+
+
+def run_jobs(
+    cfg: Config, jobs: Sequence[Pretrain | Finetune], workers: int | None = None
+) -> dict[Pretrain | Finetune, Any]:
+    """Run (or read from cache) every job and what it depends on; returns job -> result
+    (an encoder path for pre-training, the metrics dict for fine-tuning)."""
+    from promu_lib.mining import mine_labels
+
+    jobs = list(dict.fromkeys(jobs))
+    # resolve dependencies level by level: pre-training, then fine-tunes that others start from
+    levels: list[list[Pretrain | Finetune]] = []
+    pending = jobs
+    while pending:
+        levels.insert(0, pending)
+        pending = [d for d in _dependencies(j for j in pending if isinstance(j, Finetune))]
+        pending = [d for d in pending if not any(d in lvl for lvl in levels)]
+    results: dict[Pretrain | Finetune, Any] = {}
+    workers = workers or min(2, os.cpu_count() or 1)
+    for level in levels:
+        for job in level:
+            if isinstance(job, Pretrain):
+                mine_labels(job.config(cfg), progress=False)  # one at a time, here
+        todo = [j for j in level if j not in results]
+        if workers <= 1 or len(todo) <= 1:
+            for job in todo:
+                results[job] = job.run(cfg)
+            continue
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+            futures = {pool.submit(_run_one, job, cfg): job for job in todo}
+            for fut in cf.as_completed(futures):
+                results[futures[fut]] = fut.result()
+    return results
+
+
+# -- the tables' rows --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """A table row: what runs, and under which name the papers report it."""
+
+    name: str
+    model: str
+    pretrain: str | None = None  # a PRETRAIN_VARIANTS key, or None (no pre-training)
+    paper: dict[str, str] = field(default_factory=dict)  # dataset -> key in the paper's table
+
+    def job(self, dataset: str, seed: int, **kw: Any) -> Finetune:
+        init = Pretrain(self.pretrain) if self.pretrain else None
+        return Finetune(dataset, self.model, init=init, seed=seed, **kw)
+
+
+def _same(key: str) -> dict[str, str]:
+    return {d: key for d in ("twitter2015", "twitter2017", "mnre")}
+
+
+TABLE1_ROWS: tuple[Row, ...] = (
+    Row(
+        "Text only (BERT-CRF / MTB)",
+        "bert",
+        paper={"twitter2015": "BERT-CRF", "twitter2017": "BERT-CRF", "mnre": "MTB"},
+    ),
+    Row("HVPNeT", "hvpnet", paper=_same("HVPNeT")),
+    Row("Fusion model, no pre-training", "promu"),
+    Row(
+        "Alignment-only pre-training (ITM+CIT; stands in for CLIP/BLIP rows)",
+        "promu",
+        "align-only",
+        paper=_same("BLIP"),
+    ),
+    Row("PROMU (ours)", "promu", "promu", paper=_same("PROMU (Ours)")),
+    Row(
+        "w/o entity-object alignment",
+        "promu",
+        "no-coe",
+        paper=_same("Ours w/o Entity-Object Alignment"),
+    ),
+    Row(
+        "w/o relation-image alignment",
+        "promu",
+        "no-cir",
+        paper=_same("Ours w/o Relation-Image Alignment"),
+    ),
+    Row("w/o soft pseudo-labels", "promu", "hard", paper=_same("Ours w/o Soft Pseudo Labels")),
+)
+
+# PROMU Table 2 adds pre-training to a fusion model (MMIB there; HVPNeT here: the PROMU
+# pre-trained text encoder initialises HVPNeT's BERT, see models.task.load_pretrained_backbone).
+TABLE2_ROWS: tuple[Row, ...] = (
+    Row("HVPNeT", "hvpnet", paper=_same("MMIB")),
+    Row("HVPNeT + alignment-only pre-training", "hvpnet", "align-only", paper=_same("MMIB+BLIP")),
+    Row("HVPNeT + PROMU pre-training", "hvpnet", "promu", paper=_same("MMIB+Ours")),
+)
+
+HVPNET_VARIANT_ROWS: tuple[Row, ...] = (
+    Row("HMNeT-Single", "hvpnet-single", paper=_same("HMNeT-Single")),
+    Row("HMNeT-Flat", "hvpnet-flat", paper=_same("HMNeT-Flat")),
+    Row("HMNeT-1V3", "hvpnet-1v3", paper=_same("HMNeT-1V3")),
+    Row("HMNeT-OnlyObj", "hvpnet-onlyobj", paper=_same("HMNeT-OnlyObj")),
+    Row("HMNeT (full)", "hvpnet", paper=_same("HMNeT")),
+)
+
+DATASETS: tuple[str, ...] = ("twitter2015", "twitter2017", "mnre")
