@@ -82,8 +82,9 @@ def cit_loss(
     averages over all B rows; we follow the paper. Fewer than 2 matched pairs -> 0.
     """
     idx = matched.nonzero().flatten()
-    if idx.numel() < 2:
-        return _zero(img_emb, txt_emb)
+    if idx.numel() < 2:  # keep every input in the graph (DDP expects each parameter's grad)
+        temp = [temperature] if isinstance(temperature, Tensor) else []
+        return _zero(img_emb, txt_emb, *temp)
     v = F.normalize(img_emb[idx], dim=-1)
     t = F.normalize(txt_emb[idx], dim=-1)
     logits = v @ t.t() / temperature  # (N_m, N_m): S(V_i, X_j) / tau

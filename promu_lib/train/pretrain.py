@@ -67,9 +67,14 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def _step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """Hard-negative sampling RNG, a pure function of (seed, step, micro-batch): resumable."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 101 + micro)
+def _micro_seed(seed: int, step: int, micro: int) -> int:
+    """The seed of one micro-batch (global index ``micro`` within optimiser step ``step``).
+
+    Dropout and hard-negative sampling draw from RNGs seeded with it, so they depend only on
+    (seed, step, micro-batch): a resumed run, N DDP ranks and one process with N-step gradient
+    accumulation all see the same random numbers.
+    """
+    return (seed * 1_000_003 + step) * 1_009 + micro
 
 
 def pretrain(
@@ -84,7 +89,10 @@ def pretrain(
     d = distributed.init(device)
     seed_everything(seed, cfg.run.deterministic)
 
-    labels = load_pseudo_labels(mine_labels(cfg, progress=show and d.main))
+    if d.main:  # one process mines (cached); the others wait and read its labels
+        mine_labels(cfg, progress=show)
+    distributed.barrier(d)
+    labels = load_pseudo_labels(mine_labels(cfg, progress=False))
     tokenizer = build_tokenizer(cfg)
     data = CaptionDataset(cfg, tokenizer, labels, soft=cfg.pretrain.soft_labels, progress=show)
     p = cfg.pretrain
@@ -118,7 +126,11 @@ def pretrain(
         state = load_checkpoint(ckpt, model, optimizer, scheduler)
         step, history = state["step"], state["extra"]["history"]
     ddp = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=len(active) < len(LOSS_NAMES),  # ablations leave heads idle
+        )
         if d.enabled
         else model
     )
@@ -142,8 +154,11 @@ def pretrain(
                 batch = to_device(collate_captions([data[i] for i in indices], data.pad_id), device)
                 last = a == len(micro) - 1
                 sync = contextlib.nullcontext() if (last or not d.enabled) else ddp.no_sync()
+                micro_seed = _micro_seed(seed, step, a * d.world + d.rank)
+                torch.manual_seed(micro_seed)  # dropout
+                negatives = torch.Generator().manual_seed(micro_seed)
                 with sync, autocast():
-                    named = ddp(batch, active, _step_generator(seed, step, a * d.world + d.rank))
+                    named = ddp(batch, active, negatives)
                     loss = losses.total_loss(named, weights) / len(micro)
                 check_finite(loss, step, batch["ids"])
                 loss.backward()
