@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -438,6 +439,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _NUMBER.fullmatch(
+            value.strip()
+        ):  # YAML 1.1 reads 1e-4 as text
+            return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -482,8 +487,15 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     return _build(Config, merged)
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text)
+    """A command-line value as YAML; ``1e-4`` is a number here (YAML 1.1 reads it as text)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:

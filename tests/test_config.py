@@ -36,6 +36,7 @@ def test_overrides_and_section_hashes():
     base = load_config("tiny")
     changed = load_config("tiny", overrides=["finetune.lr=0.5", "run.seeds=[1, 2]"])
     assert changed.finetune.lr == 0.5 and changed.run.seeds == (1, 2)
+    assert load_config("tiny", overrides=["finetune.lr=2e-3"]).finetune.lr == 0.002
     # a fine-tuning change leaves the data hash alone but changes the fine-tuning hash
     assert config_hash(base, "data") == config_hash(changed, "data")
     assert config_hash(base, "finetune") != config_hash(changed, "finetune")
