@@ -27,6 +27,7 @@ import yaml
 from promu_lib.errors import PromuError
 
 PROFILES = ("tiny", "toy-large", "paper")
+ALL_DATASETS = ("twitter2015", "twitter2017", "mnre")
 
 
 class ConfigError(PromuError, ValueError):
@@ -238,6 +239,40 @@ class RunConfig:
 
 
 @dataclass
+class ScopeConfig:
+    """What the tables and figures cover. ``paper`` and ``toy-large`` run everything; ``tiny``
+    trims the secondary analyses (Table 3, the HVPNeT studies) to two datasets so that the
+    default run fits its time budget. Each notebook's caption names what it ran on."""
+
+    datasets: tuple[str, ...] = ("twitter2015", "twitter2017", "mnre")  # Tables 1-2, Figs 3-5
+    table3_datasets: tuple[str, ...] = ("twitter2015", "mnre")  # prompt templates
+    hvpnet_datasets: tuple[str, ...] = ("twitter2015", "mnre")  # variants, gates
+    low_resource_datasets: tuple[str, ...] = ("twitter2015",)
+    low_resource_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+
+
+@dataclass
+class LLMConfig:
+    """An OpenAI-compatible chat endpoint for the LLM comparison (PROMU Fig 6; promu_lib.llm).
+
+    ``url`` None (the default): no endpoint, so no call is ever made and the notebook shows the
+    paper's numbers beside an empty measured column. The API key is read from the environment
+    variable named ``api_key_env`` (never stored in a config file).
+    """
+
+    url: str | None = None  # e.g. https://api.openai.com/v1/chat/completions
+    model: str | None = None  # e.g. gpt-4o-mini
+    api_key_env: str = "OPENAI_API_KEY"
+    max_retries: int = 5  # on HTTP 429, 5xx and timeouts, with exponential backoff
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    timeout: float = 60.0  # seconds per request
+    cache_dir: str = "runs/{profile}/llm_cache"  # responses by request hash: a rerun is free
+    temperature: float = 0.0
+    max_tokens: int = 512
+    max_posts: int = 0  # test posts per dataset (0 = all)
+
+
+@dataclass
 class Config:
     profile: str = "tiny"
     data: DataConfig = field(default_factory=DataConfig)
@@ -249,6 +284,8 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    scope: ScopeConfig = field(default_factory=ScopeConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)  # the LLM comparison (Fig 6); off by default
 
     # -- convenience --------------------------------------------------------------------------
     def data_root(self) -> Path:
@@ -307,6 +344,12 @@ def toy_large() -> Config:
     cfg.finetune.epochs = 15
     cfg.finetune.lr = 1e-4
     cfg.run.seeds = (0, 1, 2)
+    cfg.scope = ScopeConfig(
+        table3_datasets=ALL_DATASETS,
+        hvpnet_datasets=ALL_DATASETS,
+        low_resource_datasets=("twitter2015", "mnre"),
+        low_resource_fractions=(0.1, 0.25, 0.5, 1.0),
+    )
     return cfg
 
 
@@ -372,6 +415,12 @@ def paper() -> Config:
         bf16=True,
     )
     cfg.run.seeds = (0, 1, 2)
+    cfg.scope = ScopeConfig(
+        table3_datasets=ALL_DATASETS,
+        hvpnet_datasets=ALL_DATASETS,
+        low_resource_datasets=("twitter2015", "mnre"),
+        low_resource_fractions=(0.1, 0.25, 0.5, 1.0),
+    )
     return cfg
 
 

@@ -140,6 +140,12 @@ def _dependencies(jobs: Iterable[Finetune]) -> list[Pretrain | Finetune]:
     return deps
 
 
+def _is_cached(job: Pretrain | Finetune, cfg: Config) -> bool:
+    from promu_lib.cache import is_done
+
+    return is_done(job.encoder_file(cfg).parent if isinstance(job, Pretrain) else job.out_dir(cfg))
+
+
 def run_jobs(
     cfg: Config, jobs: Sequence[Pretrain | Finetune], workers: int | None = None
 ) -> dict[Pretrain | Finetune, Any]:
@@ -161,6 +167,9 @@ def run_jobs(
         for job in level:
             if isinstance(job, Pretrain):
                 mine_labels(job.config(cfg), progress=False)  # one at a time, here
+        for job in level:  # a finished run is read here: a worker process costs seconds
+            if job not in results and _is_cached(job, cfg):
+                results[job] = job.run(cfg)
         todo = [j for j in level if j not in results]
         if workers <= 1 or len(todo) <= 1:
             for job in todo:

@@ -44,6 +44,16 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "00_data.ipynb", "Data: the toy world (or your data), checked"),
+    Stage("mining", "01_mining.ipynb", "Label mining: nouns, prompts, soft pseudo-labels"),
+    Stage("pretrain", "02_pretrain.ipynb", "Pre-training: ITM, CIT, COE, CIR per variant"),
+    Stage("finetune", "03_finetune.ipynb", "Fine-tuning: every Table 1 model on every dataset"),
+    Stage("table1", "04_table1.ipynb", "Table 1: main results and ablations"),
+    Stage("table2", "05_table2.ipynb", "Table 2: pre-training on top of a fusion model"),
+    Stage("table3", "06_table3.ipynb", "Table 3: prompt designs"),
+    Stage("fig3", "07_fig3_tsne.ipynb", "Fig 3: entity-object and relation-image t-SNE"),
+    Stage("fig4", "08_fig4_tail.ipynb", "Fig 4: gains on tail relations and ORG/MISC"),
+    Stage("fig5", "09_fig5_attention.ipynb", "Fig 5: attention case studies"),
+    Stage("hvpnet", "10_hvpnet.ipynb", "HVPNeT: variants, low resource, cross-task, gates"),
 )
 
 

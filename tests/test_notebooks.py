@@ -25,6 +25,17 @@ def test_committed_notebook_is_clean(path):
     assert params["profile"] == "tiny" and params["config_file"] is None
 
 
+def test_every_notebook_is_a_stage_in_order_and_compiles():
+    from promu_lib.pipeline import STAGES
+
+    assert [s.notebook for s in STAGES] == [p.name for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        nb = nbformat.read(str(path), as_version=4)
+        for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+            compile(cell.source, f"{path.name} code cell {i}", "exec")
+        assert "notebook.expect_outputs(" in nb.cells[-1].source, path.name
+
+
 def _write(path, cells, **cell_changes):
     path = notebook.write_notebook(path, cells)
     nb = nbformat.read(str(path), as_version=4)
