@@ -4,6 +4,7 @@ through a ``register(subparsers)`` function in one of the modules listed in ``CO
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -14,7 +15,20 @@ COMMAND_MODULES: tuple[str, ...] = (
     "promu_lib.data.cli",
     "promu_lib.train.cli",
     "promu_lib.train.pretrain",
+    "promu_lib.predict",
 )
+
+
+# the output location's fault, not a bug: full disk, read-only, or a file where a directory goes
+_STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EEXIST,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except PromuError as e:
         print(f"promu: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(
+            f"promu: error: {e.strerror}{where} (is the output location a writable directory "
+            "with free space?)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("promu: interrupted", file=sys.stderr)

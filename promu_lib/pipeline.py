@@ -54,6 +54,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("fig4", "08_fig4_tail.ipynb", "Fig 4: gains on tail relations and ORG/MISC"),
     Stage("fig5", "09_fig5_attention.ipynb", "Fig 5: attention case studies"),
     Stage("hvpnet", "10_hvpnet.ipynb", "HVPNeT: variants, low resource, cross-task, gates"),
+    Stage("robustness", "11_robustness.ipynb", "Robustness: true, blank and wrong images"),
+    Stage("llm", "12_llm.ipynb", "LLM comparison (Fig 6): a chat model with vision"),
 )
 
 

@@ -357,6 +357,11 @@ class PostDataset(Dataset):
     def _encode(self, tokenizer: PreTrainedTokenizerBase) -> None:
         raise NotImplementedError
 
+    def _bad_post(self, index: int, problem: str, expected: str) -> DataError:
+        """Posts built in code skip the readers' checks: name the post instead of a file."""
+        post = self.posts[index]
+        return DataError(self.name or f"{self.task} posts", problem, expected, post.line or None)
+
     def _image_order(self, seed: int) -> list[int]:
         n = len(self.posts)
         if self.image_mode != "shuffled" or n < 2:
@@ -416,6 +421,16 @@ class NerDataset(PostDataset):
         self.input_ids, self.starts, self.tags = [], [], []
         self.stats["dropped_words"] = self.stats["empty_words"] = 0
         for i, post in enumerate(self.posts):
+            if not post.tokens or len(post.labels) != len(post.tokens):
+                raise self._bad_post(
+                    i,
+                    f"post {self.ids[i]} has {len(post.tokens)} tokens and {len(post.labels)} labels",
+                    "one label per token, at least one token",
+                )
+            if unknown := sorted(set(post.labels) - set(NER_TAG2ID)):
+                raise self._bad_post(
+                    i, f"post {self.ids[i]} has labels {unknown}", f"one of {', '.join(NER_TAG2ID)}"
+                )
             pieces = (batch["input_ids"][i], batch.word_ids(i))
             enc = encode_words(tokenizer, post.tokens, self.max_len, pieces)
             self.input_ids.append(enc.input_ids)
@@ -446,7 +461,13 @@ class ReDataset(PostDataset):
 
     def _encode(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.input_ids, self.heads, self.tails, self.labels = [], [], [], []
-        for post in self.posts:
+        for i, post in enumerate(self.posts):
+            if post.relation not in MNRE_REL2ID:
+                raise self._bad_post(
+                    i,
+                    f"post {self.ids[i]} has relation {post.relation!r}",
+                    "one of the 23 relations of MNRE v2",
+                )
             ids, h, t, truncated = encode_re(tokenizer, post, self.max_len)
             self.input_ids.append(ids)
             self.heads.append(h)

@@ -407,6 +407,8 @@ def _mnre_record(
         raise r.error(f"'token' is {tokens!r:.80}", "'token': a non-empty list of strings", i)
     head = _mnre_span(r, obj["h"], "h", len(tokens), i)
     tail = _mnre_span(r, obj["t"], "t", len(tokens), i)
+    if head.start < tail.end and tail.start < head.end:
+        r.report.notes["overlapping head and tail"] += 1
     img_id = obj["img_id"]
     problem = name_problem(img_id)
     if problem is not None:

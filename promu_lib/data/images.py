@@ -116,6 +116,10 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         ) from e
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         raise DataError(path, f"image data is corrupt or truncated ({e})", expected) from e
+    except Exception as e:  # ultralytics patches Image.open (a HEIF fallback) with other errors
+        raise DataError(
+            path, f"not an image PIL can identify ({type(e).__name__})", expected
+        ) from e
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -30,7 +30,11 @@ SPLITS: tuple[str, ...] = ("train", "dev", "test")
 _TWITTER_SPLIT_FILES = {"train": "train.txt", "dev": "valid.txt", "test": "test.txt"}
 _MNRE_SPLIT_FILES = {"train": "ours_train.txt", "dev": "ours_val.txt", "test": "ours_test.txt"}
 # the original MNRE release names (one has a space before the dot)
-MNRE_ORIGINAL_SPLIT_FILES = {"train": "mnre_train.txt", "dev": "mnre_val .txt", "test": "mnre_test.txt"}
+MNRE_ORIGINAL_SPLIT_FILES = {
+    "train": "mnre_train.txt",
+    "dev": "mnre_val .txt",
+    "test": "mnre_test.txt",
+}
 _MNRE_IMAGE_SPLIT_DIRS = {"train": "train", "dev": "val", "test": "test"}
 
 

@@ -144,8 +144,18 @@ def read_state_dict(path: str | Path, what: str, how: str) -> dict[str, Tensor]:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(p))
-    sd = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(p))
+        except Exception as e:  # truncated or not safetensors: its own error types
+            raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from e
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or pickled code (refused)
+        raise CheckpointError(
+            f"{p}: refused by torch.load(weights_only=True): truncated, not a torch file, or "
+            f"holding Python objects other than tensors ({type(e).__name__}). Re-save the "
+            "state dict as safetensors, from a Python where you trust the file."
+        ) from e
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     return sd

@@ -192,6 +192,9 @@ def save_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _recover(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save killed midway
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         save_weights(tmp / MODEL_FILE, model)
@@ -203,7 +206,7 @@ def save_checkpoint(
         if scheduler is not None:
             trainer["scheduler"] = scheduler.state_dict()
         atomic_write_json(tmp / TRAINER_FILE, trainer, indent=None)
-        old = path.with_name(f".{path.name}.old")
+        old = _previous(path)
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -215,9 +218,25 @@ def save_checkpoint(
     return path
 
 
+def _previous(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _complete(path: Path) -> bool:
+    return (path / TRAINER_FILE).is_file() and (path / MODEL_FILE).is_file()
+
+
+def _recover(path: Path) -> None:
+    """A save killed between its two renames left only the previous checkpoint: restore it."""
+    if not path.exists() and _complete(_previous(path)):
+        with contextlib.suppress(FileNotFoundError):  # another rank restored it first
+            os.replace(_previous(path), path)
+
+
 def checkpoint_exists(path: str | Path) -> bool:
     """A complete checkpoint is at ``path`` (its trainer.json is written last)."""
-    return (Path(path) / TRAINER_FILE).is_file() and (Path(path) / MODEL_FILE).is_file()
+    _recover(Path(path))
+    return _complete(Path(path))
 
 
 def load_checkpoint(
@@ -233,12 +252,20 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path}: not a complete checkpoint (missing {TRAINER_FILE} or {MODEL_FILE})"
         )
-    trainer = json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
+    try:
+        trainer = json.loads((path / TRAINER_FILE).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path / TRAINER_FILE}: not a readable trainer state ({e})") from e
     load_weights(path / MODEL_FILE, model)
     if optimizer is not None:
         if "optimizer" not in trainer:
             raise CheckpointError(f"{path}: holds no optimizer state")
-        tensors = safetensors.torch.load_file(str(path / OPTIMIZER_FILE), device="cpu")
+        try:
+            tensors = safetensors.torch.load_file(str(path / OPTIMIZER_FILE), device="cpu")
+        except Exception as e:  # missing, truncated: safetensors raises its own error types
+            raise CheckpointError(
+                f"{path / OPTIMIZER_FILE}: not a readable safetensors file ({e})"
+            ) from e
         try:
             optimizer.load_state_dict(_join_optimizer(tensors, trainer["optimizer"]))
         except (ValueError, KeyError) as e:

@@ -33,6 +33,7 @@ from promu_lib.data.datasets import load_split, make_loader
 from promu_lib.data.layout import SPLITS, DataLayout
 from promu_lib.data.records import MNRE_RELATIONS, NER_TAGS
 from promu_lib.data.tokenizer import build_tokenizer
+from promu_lib.guards import check_dev
 from promu_lib.io import atomic_write_json, atomic_write_jsonl, sha256_file
 from promu_lib.metrics import ner_scores, re_scores
 from promu_lib.paths import resolve
@@ -269,7 +270,12 @@ def finetune(
                 bar.update,
             )
             step += steps_per_epoch
-            dev = evaluate(net, loaders["dev"], task, device)["metrics"]
+            dev_out = evaluate(net, loaders["dev"], task, device)
+            dev = dev_out["metrics"]
+            flags = check_dev(
+                net, loaders["dev"], dev_out["predictions"], task,
+                epoch=epoch, step=step, image_mode=image_mode, device=device,
+            )  # fmt: skip
             if stopper.update(dev["f1"], epoch):
                 state["best_file"] = f"best-e{epoch}.safetensors"
                 state["best_dev"] = dev
@@ -280,6 +286,7 @@ def finetune(
                     "step": step,
                     "train_loss": loss_sum / steps_per_epoch,
                     "dev_f1": dev["f1"],
+                    "flags": flags,  # promu_lib.guards: signs of collapse at this epoch
                 }
             )
             bar.write(
