@@ -1,4 +1,4 @@
-"""Write notebooks/01..10 (clean, no outputs) with promu_lib.notebook.write_notebook."""
+"""Write notebooks/01..12 (clean, no outputs) with promu_lib.notebook.write_notebook."""
 
 from promu_lib import notebook
 from promu_lib.paths import project_root
@@ -468,6 +468,120 @@ heatmaps each row sums to one: a uniform row means the gate does not prefer any 
         table_outputs("hvpnet_cross_task"), figure_outputs("hvpnet_cross_task"),
         figure_outputs("hvpnet_gates"),
     )),
+]
+
+
+NOTEBOOKS["11_robustness.ipynb"] = [
+    ("markdown", """
+# 11 · Irrelevant-image robustness
+
+HVPNeT argues that its gates make it less sensitive to images that do not match the text
+("error sensitivity"); neither paper measures it. Here every multimodal model of Table 1,
+trained with the true images, is evaluated on the test split three ways: with the post's own
+image, with a blank image, and with another post's image (a fixed permutation). F1 is reported
+on all posts and, in the toy world (whose generator knows which posts carry an irrelevant
+image), separately on posts whose own image is relevant or irrelevant. Real data has no such
+labels: those columns stay empty, with the reason. Nothing is retrained: the fine-tuned models
+come from the cache of stage 03 (`promu_lib.experiments.run_jobs`).
+"""),
+    ("parameters", """
+profile = "tiny"
+config_file = None
+force = False  # results are cached by config and weights hash; delete run.output_dir to recompute
+seeds = None  # None: cfg.run.seeds; e.g. [0] to cut work
+datasets = ["twitter2015", "twitter2017", "mnre"]
+"""),
+    ("code", """
+from IPython.display import Markdown, display
+
+from promu_lib import notebook, report, robustness
+
+cfg = notebook.setup(profile, config_file)
+if seeds is not None:
+    cfg = cfg.replace(**{"run.seeds": list(seeds)})
+figures = notebook.figures_dir(cfg)
+provenance = report.provenance(cfg)
+"""),
+    ("markdown", "## Evaluate each model with the true, a blank and another post's image"),
+    ("code", """
+rows = robustness.multimodal_rows()
+results = robustness.robustness_results(cfg, rows, datasets)
+table = robustness.robustness_table(cfg, rows, results, datasets)
+table.save(figures, provenance)
+display(table)
+fig = robustness.robustness_figure(results, rows, datasets)
+saved = report.save_figure(fig, "robustness", figures)
+"""),
+    ("markdown", '## What shows (computed from the numbers above)'),
+    ("code", """
+display(Markdown("\\n".join(f"- {s}" for s in robustness.summary(results, rows, datasets))))
+"""),
+    ("markdown", """
+**How to read it.** A model that uses the image loses F1 when the image is blank, and more when
+it is another post's image (a wrong cue is worse than none, unless the model learnt to ignore
+images that do not fit the text, which is what HVPNeT's gates are meant to do). The relevance
+columns split the posts by their own image: with the true image, irrelevant-image posts can
+only be solved from the text. Differences smaller than the seeds' spread are no evidence either
+way; toy-world numbers are not comparable to any paper's.
+"""),
+    ("code", """
+notebook.expect_outputs([
+    figures / "robustness.csv", figures / "robustness.md", figures / "robustness.config.json",
+    figures / "robustness.png", figures / "robustness.pdf",
+])
+"""),
+]
+
+NOTEBOOKS["12_llm.ipynb"] = [
+    ("markdown", """
+# 12 · A chat model with vision (PROMU Fig 6)
+
+PROMU compares against Visual ChatGPT prompted with two worked cases, and reports test F1 of
+41.45 (Twitter-2015), 47.24 (Twitter-2017; the paper's text says "Twitter 2015" twice) and
+36.82 (MNRE). This stage runs the same protocol against any OpenAI-compatible endpoint given in
+the config (`llm.url`, `llm.model`, the API key from the environment variable named by
+`llm.api_key_env`): two demonstrations from the train split, the image attached as a base64
+data URL, answers parsed into BIO tags / relation labels and scored with the same metrics as
+every other table. Answers are cached on disk, so a rerun sends nothing. By default no endpoint
+is configured: no request is made and the measured column stays empty, with the reason.
+"""),
+    ("parameters", """
+profile = "tiny"
+config_file = None
+force = False  # answers are cached by request hash; delete llm.cache_dir to ask again
+datasets = ["twitter2015", "twitter2017", "mnre"]
+max_posts = None  # None: llm.max_posts (0 = every test post)
+"""),
+    ("code", """
+from IPython.display import Markdown, display
+
+from promu_lib import llm, notebook, report
+
+cfg = notebook.setup(profile, config_file)
+figures = notebook.figures_dir(cfg)
+provenance = report.provenance(cfg)
+client = llm.ChatClient.from_config(cfg)
+reason = llm.skip_reason(cfg)
+print(f"[promu] endpoint: {cfg.llm.url} ({cfg.llm.model})" if client else f"[promu] {reason}")
+"""),
+    ("markdown", '## The prompt of the first test post (image data cut short)'),
+    ("code", 'print(llm.show_messages(llm.example_prompt(cfg, datasets[0])))'),
+    ("markdown", '## Ask, parse, score'),
+    ("code", """
+results = {d: llm.evaluate_dataset(cfg, d, client, max_posts) for d in datasets} if client else {}
+table = llm.llm_table(cfg, results, datasets, reason)
+table.save(figures, provenance)
+display(table)
+fig = llm.llm_figure(table)
+saved = report.save_figure(fig, "llm", figures)
+"""),
+    ("code", 'display(Markdown(llm.summary(results, table, reason)))'),
+    ("code", """
+notebook.expect_outputs([
+    figures / "llm.csv", figures / "llm.md", figures / "llm.config.json",
+    figures / "llm.png", figures / "llm.pdf",
+])
+"""),
 ]
 
 if __name__ == "__main__":

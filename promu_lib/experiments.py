@@ -4,8 +4,9 @@ A job is a small frozen dataclass; its result is cached on disk by the training 
 (config hash + seed + init), so a notebook simply asks for the jobs it needs with
 :func:`run_jobs` and reads their metrics. Missing jobs run in a pool of worker processes with
 one torch thread each (2 workers on a 2-core machine do about twice the work of one process
-with 2 threads on models this small). Pre-training jobs run first (their mining stages one at
-a time in this process, so no two workers mine into the same directory), then fine-tuning.
+with 2 threads on models this small). Mining runs first, one config at a time in this process
+(no two workers mine into the same directory); then every job starts as soon as the job it
+starts from (a pre-training, or a fine-tuning for cross-task transfer) has finished.
 
 The rows of PROMU's Table 1 map onto this code as follows (toy-world stand-ins named):
 - text-only baselines: ``bert`` (BERT-CRF for MNER, MTB-style markers for MRE);
@@ -20,7 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,12 +133,37 @@ def _run_one(job: Pretrain | Finetune, cfg: Config) -> Any:
     return job.run(cfg)
 
 
-def _dependencies(jobs: Iterable[Finetune]) -> list[Pretrain | Finetune]:
-    deps: list[Pretrain | Finetune] = []
+def map_in_workers(
+    fn: Callable[[Any], Any], items: Sequence[Any], workers: int | None = None
+) -> list[Any]:
+    """``[fn(item) for item in items]``, spread over worker processes (one torch thread each)
+    like the jobs; ``fn`` must be picklable (a module-level function or a partial of one)."""
+    workers = workers or min(2, os.cpu_count() or 1)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+        return list(pool.map(fn, items))
+
+
+def _dependency(job: Pretrain | Finetune) -> Pretrain | Finetune | None:
+    return job.init if isinstance(job, Finetune) else None
+
+
+def _with_dependencies(jobs: Iterable[Pretrain | Finetune]) -> list[Pretrain | Finetune]:
+    """The jobs and everything they start from, each after what it depends on."""
+    order: list[Pretrain | Finetune] = []
+
+    def visit(job: Pretrain | Finetune) -> None:
+        dep = _dependency(job)
+        if dep is not None:
+            visit(dep)
+        if job not in order:
+            order.append(job)
+
     for job in jobs:
-        if job.init is not None and job.init not in deps:
-            deps.append(job.init)
-    return deps
+        visit(job)
+    return order
 
 
 def _is_cached(job: Pretrain | Finetune, cfg: Config) -> bool:
@@ -150,36 +176,47 @@ def run_jobs(
     cfg: Config, jobs: Sequence[Pretrain | Finetune], workers: int | None = None
 ) -> dict[Pretrain | Finetune, Any]:
     """Run (or read from cache) every job and what it depends on; returns job -> result
-    (an encoder path for pre-training, the metrics dict for fine-tuning)."""
+    (an encoder path for pre-training, the metrics dict for fine-tuning).
+
+    A job starts as soon as the job it starts from has finished (no stage-wide barrier), and
+    jobs that others wait for start first, so both workers stay busy until the end.
+    """
     from promu_lib.mining import mine_labels
 
-    jobs = list(dict.fromkeys(jobs))
-    # resolve dependencies level by level: pre-training, then fine-tunes that others start from
-    levels: list[list[Pretrain | Finetune]] = []
-    pending = jobs
-    while pending:
-        levels.insert(0, pending)
-        pending = [d for d in _dependencies(j for j in pending if isinstance(j, Finetune))]
-        pending = [d for d in pending if not any(d in lvl for lvl in levels)]
+    order = _with_dependencies(dict.fromkeys(jobs))
+    for job in order:
+        if isinstance(job, Pretrain):
+            mine_labels(job.config(cfg), progress=False)  # one at a time, here
+    needed = {d for d in map(_dependency, order) if d is not None}
     results: dict[Pretrain | Finetune, Any] = {}
+    waiting = sorted(order, key=lambda j: j not in needed)  # stable: prerequisites first
     workers = workers or min(2, os.cpu_count() or 1)
-    for level in levels:
-        for job in level:
-            if isinstance(job, Pretrain):
-                mine_labels(job.config(cfg), progress=False)  # one at a time, here
-        for job in level:  # a finished run is read here: a worker process costs seconds
-            if job not in results and _is_cached(job, cfg):
-                results[job] = job.run(cfg)
-        todo = [j for j in level if j not in results]
-        if workers <= 1 or len(todo) <= 1:
-            for job in todo:
-                results[job] = job.run(cfg)
-            continue
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-            futures = {pool.submit(_run_one, job, cfg): job for job in todo}
-            for fut in cf.as_completed(futures):
-                results[futures[fut]] = fut.result()
+    pool = None
+    running: dict[cf.Future, Pretrain | Finetune] = {}
+    try:
+        while waiting or running:
+            for job in [j for j in waiting if _dependency(j) in (None, *results)]:
+                waiting.remove(job)
+                if _is_cached(job, cfg):  # a finished run is read here: no worker needed
+                    results[job] = job.run(cfg)
+                elif workers <= 1:
+                    results[job] = job.run(cfg)
+                else:
+                    if pool is None:
+                        ctx = mp.get_context("spawn")
+                        pool = cf.ProcessPoolExecutor(
+                            workers, mp_context=ctx, initializer=_worker_init
+                        )
+                    running[pool.submit(_run_one, job, cfg)] = job
+            if running:
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    results[running.pop(fut)] = fut.result()
+            elif waiting and not any(_dependency(j) in (None, *results) for j in waiting):
+                raise RuntimeError(f"jobs wait on jobs that never run: {waiting}")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 

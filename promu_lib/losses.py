@@ -126,28 +126,6 @@ def cir_loss(rel_logits: Tensor, q_rel: Tensor, mask: Tensor | None = None) -> T
     return soft_ce(rel_logits, q_rel, mask)
 
 
-def boxes_to_patch_mask(boxes: Tensor, grid: int) -> Tensor:
-    """P_o of Eq. 7: which of the grid x grid patches (row-major) each object covers.
-
-    boxes (B, m, 4) normalised (x1, y1, x2, y2) in [0, 1] -> (B, m, grid*grid) bool. A patch
-    belongs to an object when its centre lies in the box; a box too small to hold any centre
-    gets the patch under its own centre. All-zero (padding) boxes get no patch.
-    """
-    centres = (torch.arange(grid, dtype=boxes.dtype, device=boxes.device) + 0.5) / grid
-    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
-    cx, cy = cx.flatten(), cy.flatten()  # (K,)
-    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # (B, m, 1) each
-    inside = (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)  # (B, m, K)
-    # fall back to the patch under the box centre
-    col = (((x1 + x2) / 2) * grid).long().clamp(0, grid - 1)
-    row = (((y1 + y2) / 2) * grid).long().clamp(0, grid - 1)
-    centre_patch = F.one_hot((row * grid + col).squeeze(-1), grid * grid).bool()
-    real = (x2 > x1).squeeze(-1) & (y2 > y1).squeeze(-1)  # (B, m)
-    empty = ~inside.any(dim=-1)
-    inside = torch.where(empty[..., None], centre_patch, inside)
-    return inside & real[..., None]
-
-
 def mean_states_in_boxes(states: Tensor, patch_mask: Tensor) -> Tensor:
     """Eq. 7: e_obj = AVG of the fused patch states inside each object.
 

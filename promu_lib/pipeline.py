@@ -155,6 +155,9 @@ def run_stage(stage: Stage, cfg: Config, config_file: Path, reports: Path, force
             cwd=str(paths.project_root()),
             progress_bar=False,
             log_output=False,
+            # the kernel is local and private to this run: its "TCP without encryption"
+            # warning is noise in the log (kernel errors still show at ERROR level)
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except Exception as e:  # papermill wraps the cell error; report it and stop below
         error = e

@@ -15,6 +15,7 @@ Results are cached per fine-tuned model (its weights' hash) under ``<output>/rob
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 from promu_lib.cache import is_done, mark_done, stage_dir
 from promu_lib.config import Config
-from promu_lib.experiments import TABLE1_ROWS, Finetune, Row, run_jobs
+from promu_lib.experiments import TABLE1_ROWS, Finetune, Row, map_in_workers, run_jobs
 from promu_lib.io import atomic_write_json, sha256_file
 from promu_lib.metrics import ner_scores, re_scores
 from promu_lib.report import Table
@@ -131,7 +132,7 @@ def evaluate_modes(
             run_cfg, job.dataset, "test", tokenizer, image_mode=mode, seed=shuffle_seed,
             progress=False,
         )  # fmt: skip
-        loader = make_loader(ds, run_cfg.finetune.batch_size, False, shuffle_seed)
+        loader = make_loader(ds, run_cfg.finetune.eval_batch_size, False, shuffle_seed)
         predictions = evaluate(net, loader, task, device)["predictions"]
         relevant = relevance(run_cfg, job.dataset, [p.img_id for p in ds.posts])
         result["f1"][mode] = subset_f1(task, predictions, relevant)
@@ -158,7 +159,8 @@ def robustness_results(
     seeds = list(cfg.run.seeds if seeds is None else seeds)
     jobs = {(r.name, d, s): r.job(d, s) for r in rows for d in datasets for s in seeds}
     run_jobs(cfg, list(jobs.values()), workers=workers)
-    return {key: evaluate_modes(cfg, job, modes) for key, job in jobs.items()}
+    evaluate = functools.partial(evaluate_modes, cfg, modes=tuple(modes))
+    return dict(zip(jobs, map_in_workers(evaluate, list(jobs.values()), workers)))
 
 
 # -- table, figure, sentences -------------------------------------------------------------------

@@ -219,16 +219,18 @@ def test_image_tensors_crops_and_normalisation(tmp_path):
     ds = NerDataset(posts, _tok_small(), 10, src, progress=False)
     item = ds[0]
     assert item["image"].shape == (3, 8, 8) and item["objects"].shape == (2, 3, 8, 8)
+    assert item["image"].dtype == torch.uint8  # items stay uint8; collate normalises batches
     expected = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(
         IMAGENET_STD
     )
-    assert torch.allclose(item["image"].mean((1, 2)), expected, atol=0.05)  # JPEG: near red
+    image = collate([item])["image"][0]
+    assert torch.allclose(image.mean((1, 2)), expected, atol=0.05)  # JPEG: near red
     assert item["object_mask"].tolist() == [True, True]
     # top-2 by score: 0.9 first (clipped to the 40x20 image), then 0.5
     assert torch.allclose(item["boxes"][0], torch.tensor([0.5, 0.25, 1.0, 1.0]))
     assert torch.allclose(item["boxes"][1], torch.tensor([5 / 40, 5 / 20, 15 / 40, 15 / 20]))
     src3 = ImageSource(tmp_path, {}, size=8, max_objects=3, suffix=".jpg")
-    item = NerDataset(posts, _tok_small(), 10, src3, progress=False)[0]
+    item = collate([NerDataset(posts, _tok_small(), 10, src3, progress=False)[0]])
     assert not item["object_mask"].any() and item["objects"].abs().sum() == 0
     assert item["boxes"].abs().sum() == 0
     crop = to_pixels(Image.new("RGB", (50, 30)), 24, "resize-crop")
@@ -251,7 +253,7 @@ def test_missing_image_error_or_counted_blank(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         ds = NerDataset(posts * 2, _tok_small(), 10, src, progress=False)
     assert ds.stats["missing_images"] == 1  # one file, counted once
-    assert ds[0]["image"].abs().sum() == 0 and not ds[1]["object_mask"].any()
+    assert collate([ds[0]])["image"].abs().sum() == 0 and not ds[1]["object_mask"].any()
     assert "missing" in caplog.text
 
 
@@ -271,9 +273,34 @@ def test_image_modes_blank_and_shuffled(tmp_path):
     for i, j in enumerate(shuf.image_of):
         assert torch.equal(shuf[i]["image"], true[j]["image"])
     blank = NerDataset(posts, _tok_small(), 10, src, image_mode="blank", progress=False)
-    assert blank[0]["image"].abs().sum() == 0 and blank._cache is None
+    assert collate([blank[0]])["image"].abs().sum() == 0 and blank._cache is None
     uncached = NerDataset(posts, _tok_small(), 10, src, cache_images=False, progress=False)
     assert torch.equal(uncached[2]["image"], true[2]["image"])
+
+
+def test_pixel_cache_reused_and_invalidated_by_a_changed_image(tmp_path, monkeypatch):
+    for i, c in enumerate([(255, 0, 0), (0, 255, 0)]):
+        _img(tmp_path / f"{i}.png", c)
+    posts = [_ner(["bob"], ["B-PER"], str(i)) for i in range(2)]
+    cache = tmp_path / "cache"
+
+    def dataset():
+        src = ImageSource(tmp_path, {}, size=4, max_objects=1, suffix=".png")
+        return NerDataset(posts, _tok_small(), 10, src, pixel_cache_dir=cache, progress=False)
+
+    first = dataset()
+    assert len(list(cache.glob("*.safetensors"))) == 1
+    with monkeypatch.context() as m:  # a cached read decodes nothing
+        m.setattr(ImageSource, "visual", lambda *a, **k: pytest.fail("decoded again"))
+        again = dataset()
+    assert all(torch.equal(again[i]["image"], first[i]["image"]) for i in range(2))
+    _img(tmp_path / "1.png", (0, 0, 255), (9, 9))  # a replaced image file: a new key
+    changed = dataset()
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    assert not torch.equal(changed[1]["image"], first[1]["image"])
+    for f in cache.glob("*.safetensors"):  # a damaged cache file is a miss, not an error
+        f.write_bytes(b"garbage")
+    assert torch.equal(dataset()[1]["image"], changed[1]["image"])
 
 
 # -- batching -----------------------------------------------------------------------------------

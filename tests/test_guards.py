@@ -8,28 +8,17 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from worlds import toy_cfg
 
-from promu_lib.config import load_config
 from promu_lib.data.toyworld import build_toy_world
 from promu_lib.guards import CollapsedRunError, CollapseWarning, check_dev, one_class
 from promu_lib.train.finetune import finetune
 
 torch.set_num_threads(1)
 
-MICRO = {
-    "data.toy.twitter2015_sizes": [8, 3, 3],
-    "data.toy.twitter2017_sizes": [5, 2, 2],
-    "data.toy.mnre_sizes": [10, 3, 3],
-    "data.toy.mnre_min_per_relation": [0, 0, 0],
-    "data.toy.n_captions": 8,
-    "data.toy.n_names": 12,
-}
-
 
 def micro_cfg(tmp, **extra):
-    over = {"data.root": str(tmp / "data"), "run.output_dir": str(tmp / "runs"),
-            "run.progress": False, "finetune.epochs": 1, **MICRO, **extra}  # fmt: skip
-    return load_config("tiny", overrides=over)
+    return toy_cfg(tmp, **{"finetune.epochs": 1, **extra})
 
 
 # -- one class ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from worlds import world
 
 from promu_lib import figures as figs  # noqa: E402
 from promu_lib import inspect, tables  # noqa: E402
@@ -19,20 +20,13 @@ from promu_lib.train.common import save_weights  # noqa: E402
 
 pytestmark = pytest.mark.slow  # builds a toy world and a tokenizer once (~7 s on 2 busy cores)
 
-WORLD = {
-    "data.toy.twitter2015_sizes": [10, 3, 6],
-    "data.toy.twitter2017_sizes": [5, 2, 2],
-    "data.toy.mnre_sizes": [12, 3, 8],
-    "data.toy.mnre_min_per_relation": [0, 0, 0],
-    "data.toy.n_captions": 8,
-    "data.toy.n_names": 12,
-}
-# 64 px images in 16 px patches: a 4 x 4 grid; one-layer encoders
+WORLD = world(twitter2015=(10, 3, 6), mnre=(12, 3, 8))
+# 32 px images in 8 px patches: a 4 x 4 grid; one-layer encoders
 MODEL = {
     "text.hidden_size": 16, "text.num_layers": 1, "text.num_heads": 2,
     "text.intermediate_size": 32,
     "vision.hidden_size": 16, "vision.num_layers": 1, "vision.num_heads": 2,
-    "vision.intermediate_size": 32, "vision.patch_size": 16,
+    "vision.intermediate_size": 32, "vision.patch_size": 8,
     "fusion.num_layers": 1, "fusion.projection_dim": 8, "hvpnet.mid_dim": 8,
 }  # fmt: skip
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from promu_lib import losses as L
+from promu_lib.models.vision import patches_in_box
 
 torch.set_num_threads(1)
 
@@ -141,16 +142,20 @@ def test_mean_states_in_boxes():
     assert torch.equal(out[0, 2], torch.zeros(2))
 
 
-def test_boxes_to_patch_mask():
+def test_patches_in_box_is_the_p_o_of_eq7():
     boxes = torch.tensor(
         [[[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 1.0], [0.6, 0.6, 0.62, 0.62], [0.0, 0.0, 0.0, 0.0]]]
     )
-    mask = L.boxes_to_patch_mask(boxes, grid=2)  # patches: 0 top-left, 1 top-right, 2, 3
+    mask = patches_in_box(boxes, (2, 2))  # patches: 0 top-left, 1 top-right, 2, 3
     assert mask.shape == (1, 4, 4)
     assert mask[0, 0].tolist() == [True, False, False, False]
     assert mask[0, 1].tolist() == [False, True, False, True]
     assert mask[0, 2].tolist() == [False, False, False, True]  # tiny box: its centre patch
-    assert not mask[0, 3].any()  # padding
+    # padding boxes get patch 0; the object mask removes them from Eq. 7's average
+    states = torch.arange(8.0).view(1, 4, 2)
+    real = torch.tensor([[True, True, True, False]])
+    e_obj = L.mean_states_in_boxes(states, mask & real[..., None])
+    assert torch.equal(e_obj[0, 3], torch.zeros(2))
 
 
 def test_total_loss_weights_and_switches():

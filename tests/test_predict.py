@@ -11,10 +11,10 @@ import warnings
 import pytest
 import torch
 from torchcrf import CRF
+from worlds import toy_cfg, world
 
 from promu_lib import predict as pr
 from promu_lib.cli import main
-from promu_lib.config import load_config
 from promu_lib.data.formats import read_boxes, read_mnre, read_twitter
 from promu_lib.data.layout import DataLayout
 from promu_lib.data.toyworld import build_toy_world
@@ -25,14 +25,7 @@ from promu_lib.train.finetune import finetune
 
 torch.set_num_threads(1)
 
-MICRO = {
-    "data.toy.twitter2015_sizes": [8, 3, 4],
-    "data.toy.twitter2017_sizes": [5, 2, 2],
-    "data.toy.mnre_sizes": [10, 3, 4],
-    "data.toy.mnre_min_per_relation": [0, 0, 0],
-    "data.toy.n_captions": 8,
-    "data.toy.n_names": 12,
-}
+MICRO = world(twitter2015=(8, 3, 4), mnre=(10, 3, 4))
 
 
 @contextlib.contextmanager
@@ -44,15 +37,7 @@ def quiet():
 
 
 def micro_cfg(tmp, **extra):
-    over = {
-        "data.root": str(tmp / "data"),
-        "run.output_dir": str(tmp / "runs"),
-        "run.progress": False,
-        "finetune.epochs": 1,
-        **MICRO,
-        **extra,
-    }
-    return load_config("tiny", overrides=over)
+    return toy_cfg(tmp, MICRO, **{"finetune.epochs": 1, **extra})
 
 
 @pytest.fixture(scope="module")

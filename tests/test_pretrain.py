@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from worlds import world
 
 from promu_lib.config import load_config, save_config
 from promu_lib.data.captions import CaptionDataset, collate_captions
@@ -20,12 +21,7 @@ from promu_lib.mining import load_pseudo_labels, mine_labels
 from promu_lib.train.pretrain import ENCODER_FILE, pretrain
 
 WORLD = {
-    "data.toy.twitter2015_sizes": [20, 5, 5],
-    "data.toy.twitter2017_sizes": [5, 2, 2],
-    "data.toy.mnre_sizes": [10, 3, 3],
-    "data.toy.mnre_min_per_relation": [0, 0, 0],
-    "data.toy.n_captions": 48,
-    "data.toy.n_names": 12,
+    **world(twitter2015=(20, 5, 5), captions=48),
     "mining.teacher_steps": 3,
     "mining.top_m_nouns": 8,
     "pretrain.steps": 4,

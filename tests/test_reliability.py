@@ -35,6 +35,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from worlds import world
 
 from promu_lib.config import ConfigError, load_config, profile_config, save_config
 from promu_lib.data.datasets import NerDataset, ReDataset, load_split
@@ -491,12 +492,7 @@ def test_output_dir_under_a_regular_file(tmp_path, capfd):
 # =============================================================================================
 
 FINETUNE_WORLD = {
-    "data.toy.twitter2015_sizes": [48, 8, 8],
-    "data.toy.twitter2017_sizes": [5, 2, 2],
-    "data.toy.mnre_sizes": [10, 3, 3],
-    "data.toy.mnre_min_per_relation": [0, 0, 0],
-    "data.toy.n_captions": 8,
-    "data.toy.n_names": 12,
+    **world(twitter2015=(48, 8, 8)),
     "finetune.epochs": 3,
     "finetune.batch_size": 4,
     "run.progress": False,

@@ -7,9 +7,9 @@ import warnings
 
 import pytest
 import torch
+from worlds import toy_cfg, world
 
 from promu_lib import robustness as rb
-from promu_lib.config import load_config
 from promu_lib.data.toyworld import build_toy_world, read_truth
 from promu_lib.experiments import TABLE1_ROWS, Row
 from promu_lib.guards import CollapseWarning
@@ -17,12 +17,7 @@ from promu_lib.guards import CollapseWarning
 torch.set_num_threads(1)
 
 MICRO = {
-    "data.toy.twitter2015_sizes": [8, 3, 12],
-    "data.toy.twitter2017_sizes": [5, 2, 2],
-    "data.toy.mnre_sizes": [10, 3, 3],
-    "data.toy.mnre_min_per_relation": [0, 0, 0],
-    "data.toy.n_captions": 8,
-    "data.toy.n_names": 12,
+    **world(twitter2015=(8, 3, 12)),
     "data.toy.twitter2015_irrelevant_rate": 0.5,  # both subsets present in a small test split
 }
 HVPNET = next(r for r in TABLE1_ROWS if r.model == "hvpnet")
@@ -31,9 +26,7 @@ HVPNET = next(r for r in TABLE1_ROWS if r.model == "hvpnet")
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("robust")
-    over = {"data.root": str(tmp / "data"), "run.output_dir": str(tmp / "runs"),
-            "run.progress": False, "finetune.epochs": 1, **MICRO}  # fmt: skip
-    cfg = load_config("tiny", overrides=over)
+    cfg = toy_cfg(tmp, MICRO, **{"finetune.epochs": 1})
     build_toy_world(cfg, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CollapseWarning)

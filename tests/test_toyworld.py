@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from PIL import Image
+from worlds import MICRO, world
 
 from promu_lib.config import ConfigError, load_config
 from promu_lib.data.formats import read_boxes, read_captions, read_mnre, read_rel2id, read_twitter
@@ -44,25 +45,7 @@ from promu_lib.errors import DataError
 from promu_lib.io import sha256_tree
 from promu_lib.metrics import ner_scores, re_scores
 
-SMALL = {
-    "data.toy.twitter2015_sizes": [60, 20, 40],
-    "data.toy.twitter2017_sizes": [40, 10, 20],
-    "data.toy.mnre_sizes": [90, 40, 40],
-    "data.toy.mnre_min_per_relation": [2, 1, 1],
-    "data.toy.n_captions": 80,
-    "data.toy.n_names": 30,
-}
-
-
-# a world of a few dozen images, for the tests that build more than once
-MICRO = {
-    "data.toy.twitter2015_sizes": [8, 3, 3],
-    "data.toy.twitter2017_sizes": [5, 2, 2],
-    "data.toy.mnre_sizes": [10, 3, 3],
-    "data.toy.mnre_min_per_relation": [0, 0, 0],
-    "data.toy.n_captions": 8,
-    "data.toy.n_names": 12,
-}
+SMALL = world((60, 20, 40), (40, 10, 20), (90, 40, 40), (2, 1, 1), captions=80, names=30)
 
 
 def small_cfg(root, **extra):

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from promu_lib.config import Config
+from promu_lib.data import pixel_cache
 from promu_lib.data.formats import read_boxes, read_mnre, read_twitter
 from promu_lib.data.images import ImageLoader, clip_box, crop, safe_join
 from promu_lib.data.layout import DataLayout
@@ -235,12 +236,11 @@ class Visual:
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Normalised tensors; padding and blanks are exact zeros."""
-        image = normalize(self.image) if self.present else torch.zeros(self.image.shape)
-        objects = normalize(self.objects) * self.object_mask.view(-1, 1, 1, 1)
+        """An item's image tensors, still uint8: :func:`collate` normalises whole batches."""
         return {
-            "image": image,
-            "objects": objects,
+            "image": self.image,
+            "image_present": torch.tensor(self.present),
+            "objects": self.objects,
             "object_mask": self.object_mask,
             "boxes": self.boxes,
         }
@@ -323,6 +323,7 @@ class PostDataset(Dataset):
         image_mode: str = "true",
         seed: int = 0,
         cache_images: bool = True,
+        pixel_cache_dir: Path | None = None,
         progress: bool = True,
         name: str = "",
     ) -> None:
@@ -340,10 +341,7 @@ class PostDataset(Dataset):
         self.image_of = self._image_order(seed)
         self._cache: list[Visual] | None = None
         if images is not None and image_mode != "blank" and cache_images:
-            todo = tqdm(
-                self.posts, desc=f"images {name}".strip(), disable=not progress, leave=False
-            )
-            self._cache = [images.visual(p.img_id, p.line or None) for p in todo]
+            self._cache = self._decode_all(images, pixel_cache_dir, progress)
         if self.stats["truncated"]:
             log.warning(
                 "%s: %d of %d posts are longer than data.max_len=%d pieces and were truncated",
@@ -353,6 +351,25 @@ class PostDataset(Dataset):
                 max_len,
             )
         self._report_images()
+
+    def _decode_all(
+        self, images: ImageSource, cache_dir: Path | None, progress: bool
+    ) -> list[Visual]:
+        """Every post's pixels, read from ``cache_dir`` when an earlier job decoded them."""
+        path = None
+        if cache_dir is not None:
+            key = pixel_cache.cache_key(images, [p.img_id for p in self.posts])
+            path = Path(cache_dir) / f"{key}.safetensors"
+            cached = pixel_cache.load(path, images) if path.is_file() else None
+            if cached is not None and len(cached) == len(self.posts):
+                return cached
+        todo = tqdm(
+            self.posts, desc=f"images {self.name}".strip(), disable=not progress, leave=False
+        )
+        visuals = [images.visual(p.img_id, p.line or None) for p in todo]
+        if path is not None:
+            pixel_cache.save(path, visuals, images)
+        return visuals
 
     def _encode(self, tokenizer: PreTrainedTokenizerBase) -> None:
         raise NotImplementedError
@@ -536,6 +553,7 @@ def load_split(
         image_mode=image_mode,
         seed=seed,
         cache_images=d.cache_images,
+        pixel_cache_dir=cfg.output_root() / "cache" / "pixels" if d.cache_images else None,
         progress=cfg.run.progress if progress is None else progress,
         name=f"{dataset}/{split}",
     )
@@ -597,9 +615,16 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
     if "label" in first:
         for key in ("head_start", "tail_start", "label"):
             batch[key] = torch.tensor([it[key] for it in items])
-    for key in ("image", "objects", "object_mask", "boxes"):
-        if key in first:
-            batch[key] = torch.stack([it[key] for it in items])
+    if "image" in first:
+        # uint8 -> normalised float once per batch; blank images and padded objects are zeros
+        present = torch.stack([it["image_present"] for it in items])
+        mask = torch.stack([it["object_mask"] for it in items])
+        image = normalize(torch.stack([it["image"] for it in items]))
+        batch["image"] = image * present.view(-1, 1, 1, 1)
+        objects = normalize(torch.stack([it["objects"] for it in items]))
+        batch["objects"] = objects * mask[..., None, None, None]
+        batch["object_mask"] = mask
+        batch["boxes"] = torch.stack([it["boxes"] for it in items])
     return batch
 
 

@@ -88,11 +88,13 @@ def build_text_encoder(cfg: TextEncoderConfig, tokenizer: Any = None) -> BertEnc
                 intermediate_size=cfg.intermediate_size,
                 max_position=cfg.max_position,
                 dropout=cfg.dropout,
-                attention_dropout=cfg.dropout,
+                attention_dropout=cfg.attention_dropout,
                 pad_token_id=pad_id,
             )
         )
-    encoder = bert_encoder_from_hf(load_hf_bert(cfg.pretrained), dropout=cfg.dropout)
+    encoder = bert_encoder_from_hf(
+        load_hf_bert(cfg.pretrained), dropout=cfg.dropout, attention_dropout=cfg.attention_dropout
+    )
     ec = encoder.cfg
     if (ec.hidden_size, ec.num_layers) != (cfg.hidden_size, cfg.num_layers):
         log.info(

@@ -278,8 +278,11 @@ _HF_LAYER = {
 }
 
 
-def encoder_config_from_hf(hf_config, dropout: float | None = None) -> EncoderConfig:
-    """An ``EncoderConfig`` from a ``transformers.BertConfig`` (or any object with its fields)."""
+def encoder_config_from_hf(
+    hf_config, dropout: float | None = None, attention_dropout: float | None = None
+) -> EncoderConfig:
+    """An ``EncoderConfig`` from a ``transformers.BertConfig`` (or any object with its fields);
+    ``dropout``/``attention_dropout`` override the checkpoint's rates when given."""
     return EncoderConfig(
         vocab_size=hf_config.vocab_size,
         hidden_size=hf_config.hidden_size,
@@ -289,7 +292,11 @@ def encoder_config_from_hf(hf_config, dropout: float | None = None) -> EncoderCo
         max_position=hf_config.max_position_embeddings,
         type_vocab_size=hf_config.type_vocab_size,
         dropout=hf_config.hidden_dropout_prob if dropout is None else dropout,
-        attention_dropout=hf_config.attention_probs_dropout_prob if dropout is None else dropout,
+        attention_dropout=(
+            hf_config.attention_probs_dropout_prob
+            if attention_dropout is None
+            else attention_dropout
+        ),
         layer_norm_eps=hf_config.layer_norm_eps,
         hidden_act=hf_config.hidden_act,
         pad_token_id=hf_config.pad_token_id if hf_config.pad_token_id is not None else 0,
@@ -322,9 +329,11 @@ def hf_bert_to_encoder_state_dict(sd: dict[str, Tensor], num_layers: int) -> dic
     return out
 
 
-def bert_encoder_from_hf(hf_model: nn.Module, dropout: float | None = None) -> BertEncoder:
+def bert_encoder_from_hf(
+    hf_model: nn.Module, dropout: float | None = None, attention_dropout: float | None = None
+) -> BertEncoder:
     """Our ``BertEncoder`` holding the weights of a loaded ``transformers.BertModel``."""
-    cfg = encoder_config_from_hf(hf_model.config, dropout)
+    cfg = encoder_config_from_hf(hf_model.config, dropout, attention_dropout)
     enc = BertEncoder(cfg)
     enc.load_state_dict(hf_bert_to_encoder_state_dict(hf_model.state_dict(), cfg.num_layers))
     return enc

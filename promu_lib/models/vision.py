@@ -47,7 +47,7 @@ def build_vision_encoder(cfg: VisionEncoderConfig) -> VisionEncoder:
             num_classes=0,
             drop_rate=cfg.dropout,
             proj_drop_rate=cfg.dropout,
-            attn_drop_rate=cfg.dropout,
+            attn_drop_rate=cfg.attention_dropout,
         )
         return VisionEncoder(vit)
     how = (
@@ -68,7 +68,7 @@ def build_vision_encoder(cfg: VisionEncoderConfig) -> VisionEncoder:
         img_size=cfg.image_size,
         drop_rate=cfg.dropout,
         proj_drop_rate=cfg.dropout,
-        attn_drop_rate=cfg.dropout,
+        attn_drop_rate=cfg.attention_dropout,
     )
     return VisionEncoder(vit)
 

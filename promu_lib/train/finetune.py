@@ -222,7 +222,13 @@ def finetune(
         for split in SPLITS
     }
     loaders = {
-        split: make_loader(ds, f.batch_size, split == "train", seed, f.num_workers)
+        split: make_loader(
+            ds,
+            f.batch_size if split == "train" else f.eval_batch_size,
+            split == "train",
+            seed,
+            f.num_workers,
+        )
         for split, ds in data.items()
     }
 

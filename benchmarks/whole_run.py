@@ -1,0 +1,90 @@
+"""Wall time per stage and peak memory of a whole ``./run_all.sh`` run.
+
+    .venv/bin/python benchmarks/whole_run.py                 # ./run_all.sh --force (default profile)
+    .venv/bin/python benchmarks/whole_run.py -- --only table1 --force
+
+Runs ``./run_all.sh`` with the given arguments (``--force`` when none are given, so every
+stage really runs), samples the resident memory of the whole process tree (the runner, each
+notebook's kernel and the worker processes it starts) every 0.2 s, and reads each stage's time
+from ``reports/status/<stage>.json``. The peak reported is the largest SUM over the tree at one
+moment: what the machine must hold. Results: ``benchmarks/results/whole_run.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+from common import ROOT, markdown_table, write_results
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass  # ended between the listing and the read
+    return total
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args and args[0] == "--":
+        args = args[1:]
+    args = args or ["--force"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(ROOT / "run_all.sh"), *args], cwd=ROOT)
+    root = psutil.Process(proc.pid)
+    peak = {"bytes": 0, "at_s": 0.0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            rss = tree_rss(root)
+            if rss > peak["bytes"]:
+                peak.update(bytes=rss, at_s=time.perf_counter() - t0)
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    rc = proc.wait()
+    done.set()
+    sampler.join()
+    wall = time.perf_counter() - t0
+    stages = []
+    for f in sorted((ROOT / "reports" / "status").glob("*.json")):
+        s = json.loads(f.read_text(encoding="utf-8"))
+        stages.append(
+            {
+                "stage": s.get("stage", f.stem),
+                "status": s.get("status"),
+                "seconds": s.get("seconds"),
+                "skipped": bool(s.get("skipped")),
+            }
+        )
+    data = {
+        "run_all_args": args,
+        "exit_code": rc,
+        "wall_s": wall,
+        "peak_rss_mib": peak["bytes"] / 2**20,
+        "peak_at_s": peak["at_s"],
+        "stages": stages,
+    }
+    rows = [[s["stage"], s["status"], s["seconds"]] for s in stages]
+    md = (
+        f"# Whole run: `./run_all.sh {' '.join(args)}`\n\n"
+        f"Exit code {rc}; wall time {wall / 60:.1f} min ({wall:.0f} s, installation checks "
+        f"included); peak resident memory of the process tree {peak['bytes'] / 2**30:.2f} GiB "
+        f"(at {peak['at_s']:.0f} s).\n\n" + markdown_table(["stage", "status", "seconds"], rows)
+    )
+    print(write_results("whole_run", data, md))
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
