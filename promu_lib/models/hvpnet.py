@@ -16,6 +16,9 @@ Differences from the reference code (zjunlp/HVPNeT ``models/bert_model.py``), on
   by splitting H), where the reference reshapes (B, P, H) as a view (B, nh, P, hd), which
   scrambles tokens and heads;
 - padded object slots are masked out of attention instead of attending to zero-image features.
+``cfg.hvpnet.layout = "reference"`` (``ReferenceVisualPrefix``) computes the reference code's
+function instead, to load and reproduce checkpoints trained with it; the benchmark
+``benchmarks/hvpnet_reference.py`` checks it equal to the reference code on the same weights.
 
 Variants (``cfg.hvpnet.variant``, HVPNeT paper Sec. 4.2 "variants of our model"):
 - ``full``: the model above.
@@ -44,20 +47,21 @@ from promu_lib.models.encoder import BertEncoder, Prefix
 from promu_lib.models.pyramid import build_pyramid
 
 VARIANTS = ("full", "single", "flat", "1v3", "onlyobj")
+LAYOUTS = ("paper", "reference")
 N_BLOCKS = 4  # pyramid levels (ResNet's 4 blocks)
 
 
 @dataclass
 class VisualPrefix:
     prefix: list[Prefix | None]  # per text layer, (B, nh, P, hd) keys and values
-    mask: Tensor  # (B, P) bool, False for padded object slots
+    mask: Tensor  # (B, P) bool, False for padded object slots (all True in the reference layout)
     # (B, n_images, num_layers, 4) for the gated variants (image 0 = the global image, except
     # for onlyobj), else None
     gates: Tensor | None
 
 
-class HierarchicalVisualPrefix(nn.Module):
-    """Images -> per-layer prefix keys/values for a text encoder of ``num_layers`` x ``hidden``."""
+class _PyramidPrefix(nn.Module):
+    """What both layouts share: the CNN pyramid (frozen or trained) and the stack of images."""
 
     def __init__(
         self, cfg: HVPNetConfig, hidden_size: int, num_layers: int, num_heads: int
@@ -76,31 +80,8 @@ class HierarchicalVisualPrefix(nn.Module):
         self.frozen = cfg.freeze_backbone
         if self.frozen:
             self.backbone.requires_grad_(False)
-        # Eq. 1-2: 1x1 conv per block to the text hidden size
-        self.block_proj = nn.ModuleList(
-            nn.Conv2d(c, hidden_size, 1) for c in self.backbone.channels
-        )
-        if self.variant in ("full", "onlyobj"):
-            # Eq. 3, all layers' W_l at once: (B*n, H) -> (B*n, L * c)
-            self.gate = nn.Linear(hidden_size, num_layers * N_BLOCKS)
-        else:
-            self.register_buffer("routing", self._fixed_routing(), persistent=False)
-        # Eq. 8: shared Linear-Tanh, then the per-layer W_l^phi to keys and values
-        self.mid = nn.Sequential(nn.Linear(hidden_size, cfg.mid_dim), nn.Tanh())
-        n_out = 1 if self.variant == "single" else num_layers
-        self.kv_weight = nn.Parameter(torch.randn(n_out, cfg.mid_dim, 2 * hidden_size) * 0.02)
-        self.kv_bias = nn.Parameter(torch.zeros(n_out, 2 * hidden_size))
 
-    def _fixed_routing(self) -> Tensor:
-        """(L', c) block weights of the gate-free variants (L' = 1 for ``single``)."""
-        L = self.num_layers
-        if self.variant == "single":
-            return F.one_hot(torch.tensor([N_BLOCKS - 1]), N_BLOCKS).float()
-        if self.variant == "flat":
-            return F.one_hot(torch.full((L,), N_BLOCKS - 1), N_BLOCKS).float()
-        return F.one_hot(torch.arange(L) * N_BLOCKS // L, N_BLOCKS).float()  # 1v3
-
-    def train(self, mode: bool = True) -> HierarchicalVisualPrefix:
+    def train(self, mode: bool = True) -> _PyramidPrefix:
         super().train(mode)
         if self.frozen:
             self.backbone.eval()  # frozen BatchNorm statistics
@@ -126,6 +107,43 @@ class HierarchicalVisualPrefix(nn.Module):
         valid = torch.cat([object_mask.new_ones(object_mask.shape[0], 1), object_mask], 1).bool()
         return torch.cat([image[:, None], objects], 1), valid
 
+    def _backbone(self, images: Tensor) -> list[Tensor]:
+        """(N, 3, S, S) -> the 4 pyramid maps; no autograd graph when the backbone is frozen."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.backbone(images)
+
+
+class HierarchicalVisualPrefix(_PyramidPrefix):
+    """Images -> per-layer prefix keys/values for a text encoder of ``num_layers`` x ``hidden``."""
+
+    def __init__(
+        self, cfg: HVPNetConfig, hidden_size: int, num_layers: int, num_heads: int
+    ) -> None:
+        super().__init__(cfg, hidden_size, num_layers, num_heads)
+        # Eq. 1-2: 1x1 conv per block to the text hidden size
+        self.block_proj = nn.ModuleList(
+            nn.Conv2d(c, hidden_size, 1) for c in self.backbone.channels
+        )
+        if self.variant in ("full", "onlyobj"):
+            # Eq. 3, all layers' W_l at once: (B*n, H) -> (B*n, L * c)
+            self.gate = nn.Linear(hidden_size, num_layers * N_BLOCKS)
+        else:
+            self.register_buffer("routing", self._fixed_routing(), persistent=False)
+        # Eq. 8: shared Linear-Tanh, then the per-layer W_l^phi to keys and values
+        self.mid = nn.Sequential(nn.Linear(hidden_size, cfg.mid_dim), nn.Tanh())
+        n_out = 1 if self.variant == "single" else num_layers
+        self.kv_weight = nn.Parameter(torch.randn(n_out, cfg.mid_dim, 2 * hidden_size) * 0.02)
+        self.kv_bias = nn.Parameter(torch.zeros(n_out, 2 * hidden_size))
+
+    def _fixed_routing(self) -> Tensor:
+        """(L', c) block weights of the gate-free variants (L' = 1 for ``single``)."""
+        L = self.num_layers
+        if self.variant == "single":
+            return F.one_hot(torch.tensor([N_BLOCKS - 1]), N_BLOCKS).float()
+        if self.variant == "flat":
+            return F.one_hot(torch.full((L,), N_BLOCKS - 1), N_BLOCKS).float()
+        return F.one_hot(torch.arange(L) * N_BLOCKS // L, N_BLOCKS).float()  # 1v3
+
     def pyramid_features(self, images: Tensor, valid: Tensor) -> list[Tensor]:
         """Backbone pyramid pooled to p x p: images (B, n, 3, S, S) -> 4 x (B, n, C_i, p, p).
 
@@ -134,9 +152,7 @@ class HierarchicalVisualPrefix(nn.Module):
         to ``forward(features=...)``.
         """
         B, n = valid.shape
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            feats = self.backbone(images[valid])
-            pooled = [F.adaptive_avg_pool2d(f, self.side) for f in feats]
+        pooled = [F.adaptive_avg_pool2d(f, self.side) for f in self._backbone(images[valid])]
         out = []
         for f in pooled:
             full = f.new_zeros(B, n, *f.shape[1:])
@@ -187,6 +203,90 @@ class HierarchicalVisualPrefix(nn.Module):
         return VisualPrefix(prefix, mask, gates)
 
 
+class ReferenceVisualPrefix(_PyramidPrefix):
+    """The reference code's visual prefix (zjunlp/HVPNeT ``models/bert_model.py``,
+    ``ImageModel`` + ``get_visual_prompt``), computed exactly, for its checkpoints:
+
+    1. each block's map is average-pooled with kernel = stride = size // p (on ResNet-50's 7x7
+       block-4 map at 224 px: the top-left 6x6 only), every image slot through the CNN: padded
+       object slots are zero images, and they stay in the prefix (attended, not masked);
+    2. the p x p maps are concatenated over channels (sum C = 3840) and that (C, p, p) memory
+       is read as T = p*p tokens of C features (token t = channels [tC/T, (t+1)C/T) at all
+       positions, not one position per token);
+    3. ``proj`` = Linear(C, mid) - Tanh - Linear(mid, 4 * 2H) per token, split in 4 chunks;
+    4. per layer l a gate softmax(LeakyReLU(W_l [mean of the 4 chunks, flattened over the T
+       tokens])) mixes the 4 chunks (``gate`` stacks the reference's 12 ``gates`` Linears);
+    5. global image and objects concatenated (P = n*T tokens of 2H); keys = first H, values =
+       last H, each (B, P, H) reshaped in memory order to (B, nh, P, hd), not split per head.
+
+    Remaining difference: the reference trains with the (optimiser-frozen) ResNet in train mode,
+    BatchNorm on batch statistics; here a frozen backbone stays in eval mode. Only the full
+    model exists in the reference code.
+    """
+
+    def __init__(
+        self, cfg: HVPNetConfig, hidden_size: int, num_layers: int, num_heads: int
+    ) -> None:
+        super().__init__(cfg, hidden_size, num_layers, num_heads)
+        if cfg.variant != "full":
+            raise ValueError(
+                f"hvpnet.layout 'reference' has only the full model, got variant {cfg.variant!r}"
+            )
+        self.proj = nn.Sequential(
+            nn.Linear(sum(self.backbone.channels), cfg.mid_dim),
+            nn.Tanh(),
+            nn.Linear(cfg.mid_dim, N_BLOCKS * 2 * hidden_size),
+        )
+        self.gate = nn.Linear(cfg.prompt_len * 2 * hidden_size, num_layers * N_BLOCKS)
+
+    def pyramid_features(self, images: Tensor, valid: Tensor) -> list[Tensor]:
+        """images (B, n, 3, S, S) -> 4 x (B, n, C_i, p, p), every slot (padded ones too)."""
+        B, n = valid.shape
+        out = []
+        for f in self._backbone(images.flatten(0, 1)):
+            size = f.shape[-1]
+            if size < self.side or size // (size // self.side) != self.side:
+                raise ValueError(
+                    f"a {size}x{size} block map does not pool to {self.side}x{self.side} with "
+                    "the reference's kernel (size // p); use an image size such as 64, 128 or 224"
+                )
+            pooled = F.avg_pool2d(f, size // self.side)  # stride = kernel
+            out.append(pooled.view(B, n, *pooled.shape[1:]))
+        return out
+
+    def forward(
+        self,
+        image: Tensor,
+        objects: Tensor,
+        object_mask: Tensor,
+        features: list[Tensor] | None = None,
+    ) -> VisualPrefix:
+        images, valid = self.image_stack(image, objects, object_mask)
+        if features is None:
+            features = self.pyramid_features(images, valid)
+        B, n = valid.shape
+        T, H, L, c = self.cfg.prompt_len, self.hidden, self.num_layers, N_BLOCKS
+        x = torch.cat([f.flatten(0, 1) for f in features], dim=1).reshape(B * n, T, -1)
+        chunks = self.proj(x).view(B * n, T, c, 2 * H)
+        logits = F.leaky_relu(self.gate(chunks.mean(2).flatten(1))).view(B * n, L, c)
+        g = logits.softmax(-1)
+        mixed = torch.einsum("zlc,ztch->zlth", g, chunks)
+        P = n * T
+        kv = mixed.view(B, n, L, T, 2 * H).transpose(1, 2).reshape(B, L, P, 2 * H)
+        keys = reference_heads(kv[..., :H], self.num_heads)
+        values = reference_heads(kv[..., H:], self.num_heads)
+        prefix: list[Prefix | None] = [(keys[:, i], values[:, i]) for i in range(L)]
+        return VisualPrefix(prefix, valid.new_ones(B, P), g.view(B, n, L, c))
+
+
+def reference_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(..., P, H) -> (..., nh, P, hd) in memory order, the reference's ``reshape(bsz, 12, -1,
+    64)``: head h reads the flat P*H values [h*P*hd, (h+1)*P*hd), i.e. whole tokens' vectors
+    cut into hd-sized pieces, not the h-th slice of every token (the per-head split)."""
+    *lead, P, H = x.shape
+    return x.reshape(*lead, num_heads, P, H // num_heads)
+
+
 class HVPNet(nn.Module):
     """Text encoder + hierarchical visual prefix; ``token_states(batch)`` -> (B, L, H) states."""
 
@@ -194,7 +294,12 @@ class HVPNet(nn.Module):
         super().__init__()
         self.text = text
         tc = text.cfg
-        self.visual = HierarchicalVisualPrefix(cfg, tc.hidden_size, tc.num_layers, tc.num_heads)
+        if cfg.layout not in LAYOUTS:
+            raise ValueError(f"unknown hvpnet.layout {cfg.layout!r}; expected one of {LAYOUTS}")
+        prefix_cls = (
+            ReferenceVisualPrefix if cfg.layout == "reference" else HierarchicalVisualPrefix
+        )
+        self.visual = prefix_cls(cfg, tc.hidden_size, tc.num_layers, tc.num_heads)
 
     def forward(
         self,
