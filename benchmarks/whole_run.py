@@ -56,12 +56,17 @@ def main() -> None:
     done.set()
     sampler.join()
     wall = time.perf_counter() - t0
+    from promu_lib.pipeline import STAGES
+
     stages = []
-    for f in sorted((ROOT / "reports" / "status").glob("*.json")):
+    for stage in STAGES:
+        f = ROOT / "reports" / "status" / f"{stage.name}.json"
+        if not f.is_file():
+            continue
         s = json.loads(f.read_text(encoding="utf-8"))
         stages.append(
             {
-                "stage": s.get("stage", f.stem),
+                "stage": stage.name,
                 "status": s.get("status"),
                 "seconds": s.get("seconds"),
                 "skipped": bool(s.get("skipped")),

@@ -14,8 +14,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-
 
 def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
@@ -36,6 +34,9 @@ def ner_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> 
     for i, (g, p) in enumerate(zip(gold, pred)):
         if len(g) != len(p):
             raise ValueError(f"sequence {i}: {len(g)} gold tags but {len(p)} predicted tags")
+    # imported here: seqeval pulls in scikit-learn (~1.7 s), which most processes never need
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
     y_true = [list(s) for s in gold]
     y_pred = [list(s) for s in pred]
     kw = {"mode": None, "zero_division": 0}
