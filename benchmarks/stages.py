@@ -265,7 +265,6 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
     for name, rows in results.items():
         if not rows:
             continue
-        keys = list(dict.fromkeys(k for r in rows for k in r))
         flat = []
         for r in rows:
             if name == "data":  # nested per dataset

@@ -133,6 +133,12 @@ def _run_one(job: Pretrain | Finetune, cfg: Config) -> Any:
     return job.run(cfg)
 
 
+def _pool(workers: int) -> cf.ProcessPoolExecutor:
+    """Spawned worker processes with one torch thread each."""
+    ctx = mp.get_context("spawn")
+    return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+
+
 def map_in_workers(
     fn: Callable[[Any], Any], items: Sequence[Any], workers: int | None = None
 ) -> list[Any]:
@@ -141,8 +147,7 @@ def map_in_workers(
     workers = workers or min(2, os.cpu_count() or 1)
     if workers <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+    with _pool(workers) as pool:
         return list(pool.map(fn, items))
 
 
@@ -193,26 +198,27 @@ def run_jobs(
     workers = workers or min(2, os.cpu_count() or 1)
     pool = None
     running: dict[cf.Future, Pretrain | Finetune] = {}
+
+    def ready(job: Pretrain | Finetune) -> bool:
+        dep = _dependency(job)
+        return dep is None or dep in results
+
     try:
         while waiting or running:
-            for job in [j for j in waiting if _dependency(j) in (None, *results)]:
+            for job in [j for j in waiting if ready(j)]:
                 waiting.remove(job)
                 if _is_cached(job, cfg):  # a finished run is read here: no worker needed
                     results[job] = job.run(cfg)
                 elif workers <= 1:
                     results[job] = job.run(cfg)
                 else:
-                    if pool is None:
-                        ctx = mp.get_context("spawn")
-                        pool = cf.ProcessPoolExecutor(
-                            workers, mp_context=ctx, initializer=_worker_init
-                        )
+                    pool = pool or _pool(workers)
                     running[pool.submit(_run_one, job, cfg)] = job
             if running:
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
                     results[running.pop(fut)] = fut.result()
-            elif waiting and not any(_dependency(j) in (None, *results) for j in waiting):
+            elif waiting and not any(map(ready, waiting)):
                 raise RuntimeError(f"jobs wait on jobs that never run: {waiting}")
     finally:
         if pool is not None:

@@ -361,7 +361,7 @@ class PostDataset(Dataset):
             key = pixel_cache.cache_key(images, [p.img_id for p in self.posts])
             path = Path(cache_dir) / f"{key}.safetensors"
             cached = pixel_cache.load(path, images) if path.is_file() else None
-            if cached is not None and len(cached) == len(self.posts):
+            if cached is not None:  # the key covers every post's image: same length
                 return cached
         todo = tqdm(
             self.posts, desc=f"images {self.name}".strip(), disable=not progress, leave=False

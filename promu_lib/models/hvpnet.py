@@ -107,6 +107,16 @@ class _PyramidPrefix(nn.Module):
         valid = torch.cat([object_mask.new_ones(object_mask.shape[0], 1), object_mask], 1).bool()
         return torch.cat([image[:, None], objects], 1), valid
 
+    def features(
+        self, image: Tensor, objects: Tensor, object_mask: Tensor, given: list[Tensor] | None
+    ) -> tuple[list[Tensor], Tensor]:
+        """The pooled pyramid of the image stack (``given`` when precomputed) and its validity."""
+        images, valid = self.image_stack(image, objects, object_mask)
+        return (self.pyramid_features(images, valid) if given is None else given), valid
+
+    def pyramid_features(self, images: Tensor, valid: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
     def _backbone(self, images: Tensor) -> list[Tensor]:
         """(N, 3, S, S) -> the 4 pyramid maps; no autograd graph when the backbone is frozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
@@ -168,9 +178,7 @@ class HierarchicalVisualPrefix(_PyramidPrefix):
         features: list[Tensor] | None = None,
     ) -> VisualPrefix:
         """image (B, 3, S, S), objects (B, m, 3, S, S), object_mask (B, m) -> per-layer prefix."""
-        images, valid = self.image_stack(image, objects, object_mask)
-        if features is None:
-            features = self.pyramid_features(images, valid)
+        features, valid = self.features(image, objects, object_mask, features)
         B, n = valid.shape
         T, H = self.side * self.side, self.hidden
         # Eq. 1-2: V_i = Conv1x1(Pool(F_i)) -> (B*n, c, T, H)
@@ -261,9 +269,7 @@ class ReferenceVisualPrefix(_PyramidPrefix):
         object_mask: Tensor,
         features: list[Tensor] | None = None,
     ) -> VisualPrefix:
-        images, valid = self.image_stack(image, objects, object_mask)
-        if features is None:
-            features = self.pyramid_features(images, valid)
+        features, valid = self.features(image, objects, object_mask, features)
         B, n = valid.shape
         T, H, L, c = self.cfg.prompt_len, self.hidden, self.num_layers, N_BLOCKS
         x = torch.cat([f.flatten(0, 1) for f in features], dim=1).reshape(B * n, T, -1)
