@@ -489,7 +489,7 @@ profile = "tiny"
 config_file = None
 force = False  # results are cached by config and weights hash; delete run.output_dir to recompute
 seeds = None  # None: cfg.run.seeds; e.g. [0] to cut work
-datasets = ["twitter2015", "twitter2017", "mnre"]
+datasets = None  # None: the profile's scope (cfg.scope.datasets)
 """),
     ("code", """
 from IPython.display import Markdown, display
@@ -499,6 +499,7 @@ from promu_lib import notebook, report, robustness
 cfg = notebook.setup(profile, config_file)
 if seeds is not None:
     cfg = cfg.replace(**{"run.seeds": list(seeds)})
+datasets = list(datasets if datasets is not None else cfg.scope.datasets)
 figures = notebook.figures_dir(cfg)
 provenance = report.provenance(cfg)
 """),

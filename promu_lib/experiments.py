@@ -178,15 +178,20 @@ def _is_cached(job: Pretrain | Finetune, cfg: Config) -> bool:
 
 
 def run_jobs(
-    cfg: Config, jobs: Sequence[Pretrain | Finetune], workers: int | None = None
+    cfg: Config,
+    jobs: Sequence[Pretrain | Finetune],
+    workers: int | None = None,
+    progress: bool = False,
 ) -> dict[Pretrain | Finetune, Any]:
     """Run (or read from cache) every job and what it depends on; returns job -> result
     (an encoder path for pre-training, the metrics dict for fine-tuning).
 
     A job starts as soon as the job it starts from has finished (no stage-wide barrier), and
     jobs that others wait for start first, so both workers stay busy until the end.
+    ``progress``: a bar (a log line per job off a terminal) over the jobs.
     """
     from promu_lib.mining import mine_labels
+    from promu_lib.train.common import Progress
 
     order = _with_dependencies(dict.fromkeys(jobs))
     for job in order:
@@ -203,24 +208,34 @@ def run_jobs(
         dep = _dependency(job)
         return dep is None or dep in results
 
+    bar = Progress(len(order), "jobs", progress, log_every=1)
+    trained = 0
+
+    def finish(job: Pretrain | Finetune, result: Any, fresh: bool) -> None:
+        nonlocal trained
+        results[job] = result
+        trained += fresh
+        bar.update(trained=trained)
+
     try:
         while waiting or running:
             for job in [j for j in waiting if ready(j)]:
                 waiting.remove(job)
                 if _is_cached(job, cfg):  # a finished run is read here: no worker needed
-                    results[job] = job.run(cfg)
+                    finish(job, job.run(cfg), False)
                 elif workers <= 1:
-                    results[job] = job.run(cfg)
+                    finish(job, job.run(cfg), True)
                 else:
                     pool = pool or _pool(workers)
                     running[pool.submit(_run_one, job, cfg)] = job
             if running:
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
-                    results[running.pop(fut)] = fut.result()
+                    finish(running.pop(fut), fut.result(), True)
             elif waiting and not any(map(ready, waiting)):
                 raise RuntimeError(f"jobs wait on jobs that never run: {waiting}")
     finally:
+        bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return results

@@ -7,6 +7,11 @@ last successful run (the key is stored next to its report); the heavy work insid
 cached by the library too, so ``--force`` on one stage reruns only what changed underneath.
 The first failing stage stops the run with the notebook, the cell and the error; its HTML
 report is still written. One run at a time per output directory (a lock file).
+
+Scheduling: before the first stage that trains, the training jobs of every stage about to run
+(``promu_lib.plan``) go through one pass of ``experiments.run_jobs`` (two workers kept busy from
+the first pre-training to the last fine-tuning); the notebooks then find them in the cache.
+The reader stages (tables and figures) run two at a time.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ class Stage:
     name: str
     notebook: str
     title: str
+    # a reader: it needs the trained jobs and nothing another reader writes, so it may run
+    # beside another reader (two notebooks at a time: kernel start-up and imports are serial)
+    reader: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
@@ -47,16 +55,17 @@ STAGES: tuple[Stage, ...] = (
     Stage("mining", "01_mining.ipynb", "Label mining: nouns, prompts, soft pseudo-labels"),
     Stage("pretrain", "02_pretrain.ipynb", "Pre-training: ITM, CIT, COE, CIR per variant"),
     Stage("finetune", "03_finetune.ipynb", "Fine-tuning: every Table 1 model on every dataset"),
-    Stage("table1", "04_table1.ipynb", "Table 1: main results and ablations"),
-    Stage("table2", "05_table2.ipynb", "Table 2: pre-training on top of a fusion model"),
-    Stage("table3", "06_table3.ipynb", "Table 3: prompt designs"),
-    Stage("fig3", "07_fig3_tsne.ipynb", "Fig 3: entity-object and relation-image t-SNE"),
-    Stage("fig4", "08_fig4_tail.ipynb", "Fig 4: gains on tail relations and ORG/MISC"),
-    Stage("fig5", "09_fig5_attention.ipynb", "Fig 5: attention case studies"),
-    Stage("hvpnet", "10_hvpnet.ipynb", "HVPNeT: variants, low resource, cross-task, gates"),
-    Stage("robustness", "11_robustness.ipynb", "Robustness: true, blank and wrong images"),
-    Stage("llm", "12_llm.ipynb", "LLM comparison (Fig 6): a chat model with vision"),
+    Stage("table1", "04_table1.ipynb", "Table 1: main results and ablations", True),
+    Stage("table2", "05_table2.ipynb", "Table 2: pre-training on top of a fusion model", True),
+    Stage("table3", "06_table3.ipynb", "Table 3: prompt designs", True),
+    Stage("fig3", "07_fig3_tsne.ipynb", "Fig 3: entity-object and relation-image t-SNE", True),
+    Stage("fig4", "08_fig4_tail.ipynb", "Fig 4: gains on tail relations and ORG/MISC", True),
+    Stage("fig5", "09_fig5_attention.ipynb", "Fig 5: attention case studies", True),
+    Stage("hvpnet", "10_hvpnet.ipynb", "HVPNeT: variants, low resource, cross-task, gates", True),
+    Stage("robustness", "11_robustness.ipynb", "Robustness: true, blank and wrong images", True),
+    Stage("llm", "12_llm.ipynb", "LLM comparison (Fig 6): a chat model with vision", True),
 )
+PARALLEL_READERS = 2  # reader stages executed at once
 
 
 class StageFailed(PromuError):
@@ -126,22 +135,37 @@ def _failure_message(stage: Stage, err: Exception) -> str:
     )
 
 
+def _notebook(stage: Stage) -> Path:
+    nb_path = paths.resolve("notebooks") / stage.notebook
+    if not nb_path.is_file():
+        raise StageFailed(f"stage '{stage.name}': notebook {nb_path} is missing")
+    return nb_path
+
+
+def cached_status(stage: Stage, cfg: Config, reports: Path) -> dict | None:
+    """The stage's last status when it succeeded with the same key and its report exists."""
+    key = _stage_key(stage, _notebook(stage), cfg)
+    status_file = reports / "status" / f"{stage.name}.json"
+    if status_file.is_file() and (reports / f"{Path(stage.notebook).stem}.html").is_file():
+        prev = json.loads(status_file.read_text())
+        if prev.get("key") == key and prev.get("status") == "ok":
+            return prev
+    return None
+
+
 def run_stage(stage: Stage, cfg: Config, config_file: Path, reports: Path, force: bool) -> dict:
     """Execute one stage notebook (or skip it when its key is unchanged) and render its report."""
     import papermill as pm
 
-    nb_path = paths.resolve("notebooks") / stage.notebook
-    if not nb_path.is_file():
-        raise StageFailed(f"stage '{stage.name}': notebook {nb_path} is missing")
+    nb_path = _notebook(stage)
     key = _stage_key(stage, nb_path, cfg)
     executed = reports / "notebooks" / stage.notebook
     report = reports / f"{Path(stage.notebook).stem}.html"
     status_file = reports / "status" / f"{stage.name}.json"
-    if not force and status_file.is_file() and report.is_file():
-        prev = json.loads(status_file.read_text())
-        if prev.get("key") == key and prev.get("status") == "ok":
-            print(f"[promu] {stage.name}: unchanged, skipped ({prev['seconds']:.1f} s last time)")
-            return {**prev, "skipped": True}
+    prev = None if force else cached_status(stage, cfg, reports)
+    if prev is not None:
+        print(f"[promu] {stage.name}: unchanged, skipped ({prev['seconds']:.1f} s last time)")
+        return {**prev, "skipped": True}
     print(f"[promu] {stage.name}: running notebooks/{stage.notebook}", flush=True)
     t0 = time.perf_counter()
     executed.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +212,9 @@ def write_index(reports: Path, cfg: Config, statuses: list[dict]) -> Path:
     for s in statuses:
         total += 0.0 if s.get("skipped") else s["seconds"]
         state = "skipped (cached)" if s.get("skipped") else s["status"]
-        link = f'<a href="{html.escape(s["report"])}">{html.escape(s["title"])}</a>'
+        link = html.escape(s["title"])
+        if s.get("report"):
+            link = f'<a href="{html.escape(s["report"])}">{link}</a>'
         err = f"<br><small>{html.escape(s['error'])}</small>" if s.get("error") else ""
         rows.append(
             f"<tr><td>{html.escape(s['stage'])}</td><td>{link}{err}</td>"
@@ -208,37 +234,117 @@ Generated {time.strftime("%Y-%m-%d %H:%M:%S")}; stage time this run {total:.1f} 
     return atomic_write_text(reports / "index.html", page)
 
 
+def _failed_status(stage: Stage, reports: Path, err: Exception) -> dict:
+    status_file = reports / "status" / f"{stage.name}.json"
+    if status_file.is_file():
+        prev = json.loads(status_file.read_text())
+        if prev.get("status") == "failed":
+            return prev
+    return {
+        "stage": stage.name,
+        "title": stage.title,
+        "status": "failed",
+        "seconds": 0.0,
+        "report": "",
+        "error": str(err),
+    }
+
+
+def run_training_jobs(cfg: Config, stages: list[Stage], reports: Path) -> dict:
+    """Train every job of ``stages`` in one pass (``promu_lib.plan``); a status like a stage's
+    (``status`` "failed" with the error when a job failed)."""
+    from promu_lib import experiments, plan
+
+    jobs = plan.jobs_of(cfg, [s.name for s in stages])
+    names = ", ".join(s.name for s in stages if plan.stage_jobs(cfg).get(s.name))
+    print(f"[promu] jobs: training what {names} need, in one pass", flush=True)
+    t0 = time.perf_counter()
+    status = {
+        "stage": "jobs",
+        "title": f"Training jobs of {names} (one pass; the notebooks read them)",
+        "report": "",
+        "status": "ok",
+        "error": None,
+    }
+    try:
+        results = experiments.run_jobs(cfg, jobs, progress=True)
+        status["jobs"] = len(results)
+    except Exception as e:  # a job's own error, with its traceback in the log above
+        import traceback
+
+        traceback.print_exc()
+        status |= {"status": "failed", "error": f"a training job failed: {type(e).__name__}: {e}"}
+    status["seconds"] = time.perf_counter() - t0
+    atomic_write_json(reports / "status" / "jobs.json", status)
+    if not status["error"]:
+        print(f"[promu] jobs: {status['jobs']} done in {status['seconds']:.1f} s")
+    return status
+
+
+def _groups(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive reader stages together, every other stage alone."""
+    groups: list[list[Stage]] = []
+    for stage in stages:
+        if stage.reader and groups and groups[-1][-1].reader:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
 def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False) -> int:
-    """Run the stages of ``cfg``'s profile in order; 0 on success, 1 at the first failure."""
+    """Run the stages of ``cfg``'s profile in order; 0 on success, 1 at the first failure.
+
+    The training jobs of every stage that will execute run in one pass before the first stage
+    that needs them (``run_training_jobs``); reader stages then run two at a time.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from promu_lib import plan
+
     unknown = sorted(set(only or []) - set(stage_names()))
     if unknown:
         raise PromuError(f"unknown stage(s) {unknown}; stages are: {', '.join(stage_names())}")
     reports = paths.resolve(cfg.run.reports_dir)
     out = paths.resolve(cfg.output_root())
+    selected = [s for s in STAGES if not only or s.name in only]
     with run_lock(out):
         config_file = save_config(cfg, out / "config.yaml")
+        pending = [s for s in selected if force or cached_status(s, cfg, reports) is None]
+        training = [s for s in pending if plan.stage_jobs(cfg).get(s.name)]
         statuses: list[dict] = []
         t0 = time.perf_counter()
         code = 0
-        for stage in STAGES:
-            if only and stage.name not in only:
-                continue
+        for group in _groups(selected):
             try:
-                statuses.append(run_stage(stage, cfg, config_file, reports, force))
+                if training and group[0] is training[0]:
+                    statuses.append(run_training_jobs(cfg, training, reports))
+                    if statuses[-1]["status"] == "failed":
+                        raise StageFailed(statuses[-1]["error"])
+                if len(group) == 1:
+                    statuses.append(run_stage(group[0], cfg, config_file, reports, force))
+                    continue
+                with ThreadPoolExecutor(PARALLEL_READERS) as pool:
+                    futures = [
+                        pool.submit(run_stage, st, cfg, config_file, reports, force) for st in group
+                    ]
+                    failure = None
+                    for stage, fut in zip(group, futures):
+                        try:
+                            statuses.append(fut.result())
+                        except StageFailed as e:
+                            failure = failure or e
+                            statuses.append(_failed_status(stage, reports, e))
+                            for later in futures:
+                                later.cancel()  # not started yet: not started at all
+                        except Exception:
+                            if not fut.cancelled():
+                                raise
+                    if failure is not None:
+                        raise failure
             except StageFailed as e:
-                status_file = reports / "status" / f"{stage.name}.json"
-                statuses.append(
-                    json.loads(status_file.read_text())
-                    if status_file.is_file()
-                    else {
-                        "stage": stage.name,
-                        "title": stage.title,
-                        "status": "failed",
-                        "seconds": 0.0,
-                        "report": "",
-                        "error": str(e),
-                    }
-                )
+                if not statuses or statuses[-1].get("status") != "failed":
+                    statuses.append(_failed_status(group[0], reports, e))
                 print(f"[promu] {e}", file=sys.stderr)
                 code = 1
                 break

@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from transformers import BertConfig, BertModel
 
-from promu_lib.models.encoder import EncoderConfig, TransformerStack, bert_encoder_from_hf
+from promu_lib.models.encoder import (
+    EncoderConfig,
+    Packing,
+    TransformerStack,
+    bert_encoder_from_hf,
+)
 
 torch.set_num_threads(1)
 
@@ -156,3 +161,40 @@ def test_gradient_reaches_prefix_and_attention_maps_cover_prefix():
     a0, a1 = out.attentions
     assert a0.shape == (B, nh, L, L) and a1.shape == (B, nh, L, P + L)
     torch.testing.assert_close(a1.sum(-1), torch.ones(B, nh, L))
+
+
+def test_packed_padding_equals_the_padded_computation_with_gradients():
+    """Skipping padded positions (``Packing``) changes no state at a valid position and no
+    gradient; padded positions come back as zeros; an unpadded batch is not packed."""
+    torch.manual_seed(2)
+    cfg = EncoderConfig(
+        hidden_size=16, num_layers=2, num_heads=4, intermediate_size=24, dropout=0.0,
+        attention_dropout=0.0,
+    )  # fmt: skip
+    stack = TransformerStack(cfg).train()
+    g = torch.Generator().manual_seed(0)
+    B, L = 3, 7
+    x = torch.randn(B, L, 16, generator=g)
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[0, 5:] = 0
+    mask[2, 2:] = 0
+    real = mask.bool()
+    target = torch.randn(int(real.sum()), 16, generator=g)
+
+    def grads(states: torch.Tensor) -> list[torch.Tensor]:
+        stack.zero_grad()
+        ((states[real] - target) ** 2).sum().backward()
+        return [p.grad.clone() for p in stack.parameters()]
+
+    packed = stack(x, mask).last_hidden_state
+    packed_grads = grads(packed)
+    padded = x
+    for layer in stack.layers:  # the layers on the padded layout, no packing
+        padded, _ = layer(padded, real)
+    padded_grads = grads(padded)
+    torch.testing.assert_close(packed[real], padded[real], atol=1e-6, rtol=0)
+    assert packed[~real].abs().max() == 0
+    for a, b in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert Packing.of(torch.ones(2, 4, dtype=torch.bool)) is None
+    assert Packing.of(real).index.tolist() == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13, 14, 15]

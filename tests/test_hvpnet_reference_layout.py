@@ -120,6 +120,23 @@ def test_reference_layout_attends_padded_objects_as_zero_images():
     assert torch.equal(paper_mask, expected.repeat_interleave(4, dim=1))
 
 
+def test_frozen_cnn_sees_one_zero_image_for_all_padded_slots():
+    """Eval-mode BatchNorm: equal zero images give equal maps, so the CNN runs on the 5 real
+    images and one zero image (not 8 slots), with the same prefix as running every slot."""
+    vp = prefix_module()
+    image, objects, object_mask = images()
+    seen = []
+    vp.backbone.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    with torch.no_grad():
+        out = vp(image, objects, object_mask)
+        vp.frozen = False  # every slot through the CNN (the weights stay as they are)
+        every = vp(image, objects, object_mask)
+    assert seen == [6, 8]
+    for (k, v), (k2, v2) in zip(out.prefix, every.prefix):
+        torch.testing.assert_close(k, k2)
+        torch.testing.assert_close(v, v2)
+
+
 def test_reference_pooling_is_the_fixed_kernel_not_adaptive():
     torch.manual_seed(0)
     cfg = HVPNetConfig(image_size=56, mid_dim=6, layout="reference")  # maps 28, 14, 7, 4

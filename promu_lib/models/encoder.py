@@ -11,6 +11,12 @@ One implementation serves three uses:
 Attention uses ``F.scaled_dot_product_attention``; with ``output_attentions=True`` an explicit
 softmax path returns the attention maps (the attention case studies).
 
+Padding is skipped: when a batch has padded positions, the token-wise layers (projections,
+feed-forward, LayerNorm, dropout: most of the compute) run on the valid tokens only, packed
+into one (N, H) matrix, and only attention sees the padded (B, L) layout (``Packing``). The
+states at valid positions are those of the padded computation; padded positions come back as
+zeros (they are never read: every head and loss masks them).
+
 References: Devlin et al. 2019 (BERT); karpathy/nanoGPT for the layout.
 """
 
@@ -64,6 +70,32 @@ class EncoderConfig:
         return self.hidden_size // self.num_heads
 
 
+@dataclass(frozen=True)
+class Packing:
+    """The valid positions of a padded (B, L) batch, to move token states between the padded
+    layout (B, L, D) and the packed one (N, D) of the N valid tokens."""
+
+    index: Tensor  # (N,) flat positions b * L + l of the valid tokens
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, mask: Tensor) -> Packing | None:
+        """None when nothing is padded (packing would only copy)."""
+        if bool(mask.all()):
+            return None
+        return cls(mask.flatten().nonzero().squeeze(1), mask.shape[0], mask.shape[1])
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (N, D)"""
+        return x.reshape(self.batch * self.length, -1).index_select(0, self.index)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(N, D) -> (B, L, D), zeros at padded positions."""
+        dense = x.new_zeros(self.batch * self.length, x.shape[-1]).index_copy(0, self.index, x)
+        return dense.view(self.batch, self.length, -1)
+
+
 @dataclass
 class EncoderOutput:
     last_hidden_state: Tensor  # (B, L, H)
@@ -110,13 +142,21 @@ class SelfAttention(nn.Module):
         self.attn_dropout = cfg.attention_dropout
 
     def forward(
-        self, x: Tensor, mask: Tensor, prefix: Prefix | None = None, need_weights: bool = False
+        self,
+        x: Tensor,
+        mask: Tensor,
+        prefix: Prefix | None = None,
+        need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, L, H); mask (B, P + L) bool, True = attend; prefix (B, nh, P, hd) each."""
-        B, L, H = x.shape
-        q, k, v = (
-            self.qkv(x).view(B, L, 3, self.nh, self.hd).permute(2, 0, 3, 1, 4)
-        )  # (B, nh, L, hd)
+        """x (B, L, H), or (N, H) packed by ``packing``; mask (B, P + L) bool, True = attend;
+        prefix (B, nh, P, hd) each."""
+        qkv = self.qkv(x)
+        if packing is not None:
+            qkv = packing.pad(qkv)
+        B, L, H3 = qkv.shape
+        H = H3 // 3
+        q, k, v = qkv.view(B, L, 3, self.nh, self.hd).permute(2, 0, 3, 1, 4)  # (B, nh, L, hd)
         if prefix is not None:
             k = torch.cat([prefix[0], k], dim=2)  # (B, nh, P + L, hd)
             v = torch.cat([prefix[1], v], dim=2)
@@ -130,6 +170,8 @@ class SelfAttention(nn.Module):
             probs = None
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop)
         y = y.transpose(1, 2).reshape(B, L, H)
+        if packing is not None:
+            y = packing.pack(y)
         return self.out(y), probs
 
 
@@ -147,9 +189,14 @@ class Block(nn.Module):
         self.act = _ACTIVATIONS[cfg.hidden_act]
 
     def forward(
-        self, x: Tensor, mask: Tensor, prefix: Prefix | None = None, need_weights: bool = False
+        self,
+        x: Tensor,
+        mask: Tensor,
+        prefix: Prefix | None = None,
+        need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        a, probs = self.attn(x, mask, prefix, need_weights)
+        a, probs = self.attn(x, mask, prefix, need_weights, packing)
         x = self.norm1(x + self.drop(a))
         x = self.norm2(x + self.drop(self.fc2(self.act(self.fc1(x)))))
         return x, probs
@@ -179,7 +226,8 @@ class TransformerStack(nn.Module):
         vectors, exactly as the text keys are split into heads (the reference HVPNeT code
         instead reshapes a (B, P, H) prefix as a view ``(B, nh, P, hd)``, which mixes tokens
         and heads; see ``promu_lib.models.hvpnet``). ``prefix_mask`` (B, P) bool masks prefix
-        slots (default: all attended).
+        slots (default: all attended). Padded positions are skipped (``Packing``) unless
+        ``output_attentions`` asks for every row of the attention maps.
         """
         if prefix is not None and len(prefix) != len(self.layers):
             raise ValueError(f"got {len(prefix)} prefixes for {len(self.layers)} layers")
@@ -192,13 +240,18 @@ class TransformerStack(nn.Module):
                 if prefix_mask is None:
                     prefix_mask = text_mask.new_ones(text_mask.shape[0], P)
                 full_mask = torch.cat([prefix_mask.bool(), text_mask], dim=1)
+        packing = None if output_attentions else Packing.of(text_mask)
+        if packing is not None:
+            hidden = packing.pack(hidden)
         attentions = []
         for i, layer in enumerate(self.layers):
             p = prefix[i] if prefix is not None else None
             hidden, probs = layer(
-                hidden, full_mask if p is not None else text_mask, p, output_attentions
+                hidden, full_mask if p is not None else text_mask, p, output_attentions, packing
             )
             attentions.append(probs)
+        if packing is not None:
+            hidden = packing.pad(hidden)
         return EncoderOutput(hidden, tuple(attentions) if output_attentions else None)
 
 

@@ -118,7 +118,11 @@ class _PyramidPrefix(nn.Module):
         raise NotImplementedError
 
     def _backbone(self, images: Tensor) -> list[Tensor]:
-        """(N, 3, S, S) -> the 4 pyramid maps; no autograd graph when the backbone is frozen."""
+        """(N, 3, S, S) -> the 4 pyramid maps; no autograd graph when the backbone is frozen.
+
+        Images go in channels-last: oneDNN's convolutions then skip their layout reorders
+        (ResNet-50 at 224 px, 20 images, 2 CPU threads: 1.74 -> 1.24 s per forward)."""
+        images = images.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             return self.backbone(images)
 
@@ -248,17 +252,31 @@ class ReferenceVisualPrefix(_PyramidPrefix):
         self.gate = nn.Linear(cfg.prompt_len * 2 * hidden_size, num_layers * N_BLOCKS)
 
     def pyramid_features(self, images: Tensor, valid: Tensor) -> list[Tensor]:
-        """images (B, n, 3, S, S) -> 4 x (B, n, C_i, p, p), every slot (padded ones too)."""
+        """images (B, n, 3, S, S) -> 4 x (B, n, C_i, p, p), every slot (padded ones too).
+
+        A frozen backbone is in eval mode, so every all-zero image (the padded object slots)
+        has the same maps: the CNN sees one of them, and its pooled maps fill every such slot.
+        """
         B, n = valid.shape
+        flat = images.flatten(0, 1)
+        source = torch.arange(B * n, device=images.device)  # slot -> row of the CNN batch
+        if self.frozen:
+            blank = flat.flatten(1).eq(0).all(1)
+            if int(blank.sum()) > 1:
+                keep = torch.cat([(~blank).nonzero().squeeze(1), blank.nonzero()[:1, 0]])
+                source = torch.empty_like(source)
+                source[keep] = torch.arange(len(keep), device=images.device)
+                source[blank] = len(keep) - 1
+                flat = flat[keep]
         out = []
-        for f in self._backbone(images.flatten(0, 1)):
+        for f in self._backbone(flat):
             size = f.shape[-1]
             if size < self.side or size // (size // self.side) != self.side:
                 raise ValueError(
                     f"a {size}x{size} block map does not pool to {self.side}x{self.side} with "
                     "the reference's kernel (size // p); use an image size such as 64, 128 or 224"
                 )
-            pooled = F.avg_pool2d(f, size // self.side)  # stride = kernel
+            pooled = F.avg_pool2d(f, size // self.side)[source]  # stride = kernel
             out.append(pooled.view(B, n, *pooled.shape[1:]))
         return out
 
