@@ -59,14 +59,16 @@ def main() -> None:
     from promu_lib.pipeline import STAGES
 
     stages = []
-    for stage in STAGES:
-        f = ROOT / "reports" / "status" / f"{stage.name}.json"
+    names = [s.name for s in STAGES]
+    names.insert(names.index("pretrain"), "jobs")  # the one training pass, before pre-training
+    for name in names:
+        f = ROOT / "reports" / "status" / f"{name}.json"
         if not f.is_file():
             continue
         s = json.loads(f.read_text(encoding="utf-8"))
         stages.append(
             {
-                "stage": stage.name,
+                "stage": name,
                 "status": s.get("status"),
                 "seconds": s.get("seconds"),
                 "skipped": bool(s.get("skipped")),

@@ -241,6 +241,9 @@ def run_jobs(
     return results
 
 
+TEXT_ONLY: tuple[str, ...] = ("bert",)  # models that see no image (no image tensors in batches)
+
+
 # -- the tables' rows --------------------------------------------------------------------------
 
 

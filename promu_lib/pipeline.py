@@ -62,7 +62,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("fig4", "08_fig4_tail.ipynb", "Fig 4: gains on tail relations and ORG/MISC", True),
     Stage("fig5", "09_fig5_attention.ipynb", "Fig 5: attention case studies", True),
     Stage("hvpnet", "10_hvpnet.ipynb", "HVPNeT: variants, low resource, cross-task, gates", True),
-    Stage("robustness", "11_robustness.ipynb", "Robustness: true, blank and wrong images", True),
+    # not beside another notebook: it evaluates in two worker processes of its own
+    Stage("robustness", "11_robustness.ipynb", "Robustness: true, blank and wrong images"),
     Stage("llm", "12_llm.ipynb", "LLM comparison (Fig 6): a chat model with vision", True),
 )
 PARALLEL_READERS = 2  # reader stages executed at once
@@ -250,30 +251,33 @@ def _failed_status(stage: Stage, reports: Path, err: Exception) -> dict:
     }
 
 
-def run_training_jobs(cfg: Config, stages: list[Stage], reports: Path) -> dict:
+def run_training_jobs(cfg: Config, config_file: Path, stages: list[Stage], reports: Path) -> dict:
     """Train every job of ``stages`` in one pass (``promu_lib.plan``); a status like a stage's
-    (``status`` "failed" with the error when a job failed)."""
-    from promu_lib import experiments, plan
+    (``status`` "failed" with the error when a job failed).
 
-    jobs = plan.jobs_of(cfg, [s.name for s in stages])
-    names = ", ".join(s.name for s in stages if plan.stage_jobs(cfg).get(s.name))
-    print(f"[promu] jobs: training what {names} need, in one pass", flush=True)
+    The pass is a child process (``promu jobs``): this runner never imports torch, so the
+    memory the pass held (~0.9 GB with torch) is returned before the notebooks run."""
+    import subprocess
+
+    from promu_lib import plan
+
+    names = [s.name for s in stages if plan.stage_jobs(cfg).get(s.name)]
+    print(f"[promu] jobs: training what {', '.join(names)} need, in one pass", flush=True)
     t0 = time.perf_counter()
     status = {
         "stage": "jobs",
-        "title": f"Training jobs of {names} (one pass; the notebooks read them)",
+        "title": f"Training jobs of {', '.join(names)} (one pass; the notebooks read them)",
         "report": "",
         "status": "ok",
         "error": None,
+        "jobs": len(plan.jobs_of(cfg, names)),
     }
-    try:
-        results = experiments.run_jobs(cfg, jobs, progress=True)
-        status["jobs"] = len(results)
-    except Exception as e:  # a job's own error, with its traceback in the log above
-        import traceback
-
-        traceback.print_exc()
-        status |= {"status": "failed", "error": f"a training job failed: {type(e).__name__}: {e}"}
+    cmd = [sys.executable, "-m", "promu_lib.cli", "jobs", "--profile", cfg.profile]
+    cmd += ["--config", str(config_file), *(a for n in names for a in ("--stage", n))]
+    code = subprocess.run(cmd, cwd=paths.project_root()).returncode
+    if code:  # the job's own error and traceback are in the log above
+        status |= {"status": "failed", "error": f"a training job failed (`{' '.join(cmd[2:])}` "
+                   f"exited with {code}; its traceback is in the log)"}  # fmt: skip
     status["seconds"] = time.perf_counter() - t0
     atomic_write_json(reports / "status" / "jobs.json", status)
     if not status["error"]:
@@ -318,7 +322,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
         for group in _groups(selected):
             try:
                 if training and group[0] is training[0]:
-                    statuses.append(run_training_jobs(cfg, training, reports))
+                    statuses.append(run_training_jobs(cfg, config_file, training, reports))
                     if statuses[-1]["status"] == "failed":
                         raise StageFailed(statuses[-1]["error"])
                 if len(group) == 1:
@@ -353,6 +357,15 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
     return code
 
 
+def _jobs_command(args) -> int:
+    from promu_lib import experiments, plan
+
+    cfg = config_from_args(args)
+    jobs = plan.jobs_of(cfg, args.stage or stage_names())
+    experiments.run_jobs(cfg, jobs, progress=True)
+    return 0
+
+
 def register(sub) -> None:
     """``promu run`` and ``promu stages``."""
     p = sub.add_parser("run", help="run the stages of a profile (what ./run_all.sh calls)")
@@ -362,6 +375,16 @@ def register(sub) -> None:
     )
     p.add_argument("--force", action="store_true", help="rerun stages even when cached")
     p.set_defaults(func=lambda a: run_pipeline(config_from_args(a), only=a.only, force=a.force))
+
+    j = sub.add_parser(
+        "jobs", help="train (or find cached) every pre-training and fine-tuning a stage needs"
+    )
+    add_config_arguments(j)
+    j.add_argument(
+        "--stage", action="append", metavar="STAGE", help="this stage's jobs (repeatable; "
+        "default: every stage)", choices=stage_names(),
+    )  # fmt: skip
+    j.set_defaults(func=_jobs_command)
 
     s = sub.add_parser("stages", help="list the stages and their notebooks")
     s.set_defaults(

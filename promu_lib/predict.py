@@ -46,6 +46,7 @@ from promu_lib.config import Config, from_dict, load_config, save_config
 from promu_lib.data.datasets import ImageSource, NerDataset, ReDataset, collate
 from promu_lib.data.records import MNRE_RELATIONS, NER_TAGS, Box, NerPost, RePost, Span
 from promu_lib.errors import CheckpointError, DataError, PromuError
+from promu_lib.experiments import TEXT_ONLY
 from promu_lib.io import atomic_write_json, atomic_write_jsonl, sha256_file
 from promu_lib.paths import resolve
 
@@ -58,7 +59,6 @@ FILES = (
     "model.safetensors",
     "versions.json",
 )
-TEXT_ONLY = ("bert",)
 
 
 class PredictInputError(PromuError):

@@ -23,7 +23,14 @@ from typing import Any
 
 from promu_lib.cache import is_done, mark_done, stage_dir
 from promu_lib.config import Config
-from promu_lib.experiments import TABLE1_ROWS, Finetune, Row, map_in_workers, run_jobs
+from promu_lib.experiments import (
+    TABLE1_ROWS,
+    TEXT_ONLY,
+    Finetune,
+    Row,
+    map_in_workers,
+    run_jobs,
+)
 from promu_lib.io import atomic_write_json, sha256_file
 from promu_lib.metrics import ner_scores, re_scores
 from promu_lib.report import Table
@@ -37,8 +44,6 @@ EMPTY_SUBSET = "no such post in this test split"
 
 def multimodal_rows(rows: Sequence[Row] = TABLE1_ROWS) -> tuple[Row, ...]:
     """The rows whose model sees the image (all but the text-only baseline)."""
-    from promu_lib.train.finetune import TEXT_ONLY
-
     return tuple(r for r in rows if r.model not in TEXT_ONLY)
 
 

@@ -45,7 +45,7 @@ def _fake_stages(monkeypatch, tmp_path, behaviour):
     monkeypatch.setattr(plan, "stage_jobs", lambda cfg: jobs)
     calls: list[tuple[str, object]] = []
 
-    def fake_jobs(cfg, stages, reports):
+    def fake_jobs(cfg, config_file, stages, reports):
         calls.append(("jobs", [s.name for s in stages]))
         return {"stage": "jobs", "title": "jobs", "status": "ok", "seconds": 0.0, "report": ""}
 
@@ -93,7 +93,7 @@ def test_a_failing_reader_stops_the_run(monkeypatch, tmp_path):
 def test_a_failing_training_job_stops_the_run_before_its_stages(monkeypatch, tmp_path):
     calls = _fake_stages(monkeypatch, tmp_path, lambda stage: None)
 
-    def failing_jobs(cfg, stages, reports):
+    def failing_jobs(cfg, config_file, stages, reports):
         calls.append(("jobs", [s.name for s in stages]))
         return {"stage": "jobs", "title": "jobs", "status": "failed", "seconds": 1.0,
                 "report": "", "error": "a training job failed: ValueError: bad"}  # fmt: skip
@@ -102,6 +102,42 @@ def test_a_failing_training_job_stops_the_run_before_its_stages(monkeypatch, tmp
     assert pipeline.run_pipeline(_cfg(tmp_path)) == 1
     assert [c for c in calls if c[0] == "stage"] == [("stage", "first")]
     assert "a training job failed: ValueError: bad" in (tmp_path / "reports/index.html").read_text()
+
+
+def test_the_training_pass_is_a_promu_jobs_child_process(monkeypatch, tmp_path):
+    """The runner starts ``promu jobs`` with the saved config and the stages that train; a
+    non-zero exit is a failed status naming the command."""
+    import subprocess
+
+    seen = []
+
+    def fake_run(cmd, cwd):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 3)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    stages = [s for s in pipeline.STAGES if s.name in ("data", "pretrain", "table3")]
+    cfg = _cfg(tmp_path)
+    status = pipeline.run_training_jobs(cfg, tmp_path / "c.yaml", stages, tmp_path / "reports")
+    cmd = seen[0]
+    assert cmd[1:4] == ["-m", "promu_lib.cli", "jobs"]
+    assert cmd[cmd.index("--config") + 1] == str(tmp_path / "c.yaml")
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--stage"] == ["pretrain", "table3"]
+    assert status["status"] == "failed" and "exited with 3" in status["error"]
+    assert status["jobs"] == len(plan.jobs_of(cfg, ["pretrain", "table3"]))
+    saved = json.loads((tmp_path / "reports" / "status" / "jobs.json").read_text())
+    assert saved["status"] == "failed"
+
+
+def test_promu_jobs_runs_the_planned_jobs_of_its_stages(monkeypatch):
+    from promu_lib import experiments
+    from promu_lib.cli import main
+
+    ran = []
+    monkeypatch.setattr(experiments, "run_jobs", lambda cfg, jobs, progress: ran.append(jobs))
+    assert main(["jobs", "--stage", "table3", "--set", "run.seeds=[3]"]) == 0
+    assert ran[0] == plan.jobs_of(profile_config("tiny").replace(**{"run.seeds": [3]}), ["table3"])
+    assert all(job.seed == 3 for job in ran[0])
 
 
 def _notebook(path: Path, marker: str) -> None:

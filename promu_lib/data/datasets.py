@@ -45,6 +45,14 @@ from promu_lib.errors import DataError, MissingAssetError
 from promu_lib.paths import resolve
 
 log = logging.getLogger(__name__)
+_warned: set[tuple] = set()
+
+
+def _warn_once(message: str, *args: object) -> None:
+    if (message, *args) not in _warned:
+        _warned.add((message, *args))
+        log.warning(message, *args)
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -342,8 +350,8 @@ class PostDataset(Dataset):
         self._cache: list[Visual] | None = None
         if images is not None and image_mode != "blank" and cache_images:
             self._cache = self._decode_all(images, pixel_cache_dir, progress)
-        if self.stats["truncated"]:
-            log.warning(
+        if self.stats["truncated"]:  # also in ``stats``; said once per process, not per job
+            _warn_once(
                 "%s: %d of %d posts are longer than data.max_len=%d pieces and were truncated",
                 name or self.task,
                 self.stats["truncated"],

@@ -33,6 +33,7 @@ from promu_lib.data.datasets import load_split, make_loader
 from promu_lib.data.layout import SPLITS, DataLayout
 from promu_lib.data.records import MNRE_RELATIONS, NER_TAGS
 from promu_lib.data.tokenizer import build_tokenizer
+from promu_lib.experiments import TEXT_ONLY
 from promu_lib.guards import check_dev
 from promu_lib.io import atomic_write_json, atomic_write_jsonl, sha256_file
 from promu_lib.metrics import ner_scores, re_scores
@@ -63,7 +64,6 @@ MODELS: tuple[str, ...] = (
     "hvpnet-onlyobj",
     "promu",
 )
-TEXT_ONLY: tuple[str, ...] = ("bert",)  # these get batches without image tensors
 IMAGE_MODES: tuple[str, ...] = ("true", "blank", "shuffled")
 # config sections a fine-tuning result depends on (its cache key)
 SECTIONS: tuple[str, ...] = ("data", "text", "vision", "fusion", "hvpnet", "finetune")
