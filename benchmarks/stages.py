@@ -13,14 +13,16 @@ fly into a temporary directory, so nothing in ``runs/`` is touched) and reports 
   and its cached rerun;
 - ``pretrain_step``: one optimiser step of Eq. 11 (all four losses), tiny and paper shapes;
 - ``finetune_step``: one optimiser step of each fine-tuned model (bert, hvpnet, promu) on
-  MNER and MRE, tiny and paper shapes;
+  MNER and MRE, tiny and paper shapes; for HVPNeT also ``step_s_cached_cnn``, the step as the
+  fine-tuning loop runs it, with the frozen CNN's maps precomputed once per split;
 - ``inference``: decoding a test split (posts/s) under ``torch.inference_mode``.
 
 "paper" shapes: BERT-base (12 x 768, 30522 word pieces) + ViT-B/16 at 224 + 6 fusion layers,
 HVPNeT with a ResNet-50 pyramid at 224 (frozen, as in the paper profile), text length 80,
 random weights (only the shapes matter for speed). Their batch is ``--paper-batch`` (8 by
 default: the configured 128 for pre-training does not fit in a 24 GiB CPU machine), so compare
-samples/s, not step times. Results: ``benchmarks/results/stages.{json,md}``.
+samples/s, not step times. Results: ``benchmarks/results/stages.{json,md}``; a run restricted
+with ``--only``/``--shapes``/``--models`` replaces its own rows there and keeps the others.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import markdown_table, peak_rss_mib, run_child, timed, write_results
+from common import RESULTS, markdown_table, peak_rss_mib, run_child, timed, write_results
 
 MEASUREMENTS = ("data", "mining", "pretrain_step", "finetune_step", "inference")
 
@@ -183,6 +185,7 @@ def measure_finetune_step(cfg: Any, repeats: int, model: str, dataset: str) -> d
     import torch
 
     from promu_lib.train.finetune import build_model, task_of
+    from promu_lib.train.frozen_features import frozen_pyramid
 
     b = cfg.finetune.batch_size
     tok, _, batch = _task_batch(cfg, dataset, model, "train", b)
@@ -197,12 +200,23 @@ def measure_finetune_step(cfg: Any, repeats: int, model: str, dataset: str) -> d
         opt.zero_grad(set_to_none=True)
 
     t = timed(step, repeats)
-    return {
+    result = {
         "batch": b,
         "step_s": t["median_s"],
         "samples_per_s": b / t["median_s"],
         "peak_rss_mib": peak_rss_mib(),
     }
+    visual = frozen_pyramid(net) if cfg.finetune.cache_frozen_features else None
+    if visual is not None:  # what the fine-tuning loop does: the frozen CNN's maps precomputed
+        with torch.no_grad():
+            maps, _ = visual.features(batch["image"], batch["objects"], batch["object_mask"], None)
+        batch = {**batch, "pyramid_features": maps}
+        t = timed(step, repeats)
+        result |= {
+            "step_s_cached_cnn": t["median_s"],
+            "samples_per_s_cached_cnn": b / t["median_s"],
+        }
+    return result
 
 
 def measure_inference(cfg: Any, repeats: int, model: str, dataset: str) -> dict[str, Any]:
@@ -288,6 +302,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--paper-batch", type=int, default=8)
+    ap.add_argument("--models", nargs="+", help="only these models (finetune_step, inference)")
     ap.add_argument("--measurement", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -299,6 +314,8 @@ def main() -> None:
         results[name] = []
         for job in JOBS[name]:
             if job["shape"] not in args.shapes:
+                continue
+            if args.models and job.get("model", args.models[0]) not in args.models:
                 continue
             print(f"[bench] {name} {job}", file=sys.stderr, flush=True)
             results[name].append(
@@ -320,7 +337,29 @@ def main() -> None:
             )
             print(f"          {results[name][-1]}", file=sys.stderr, flush=True)
     settings = {"repeats": args.repeats, "threads": args.threads, "paper_batch": args.paper_batch}
+    results = merged_with_last(results)
     print(write_results("stages", {"settings": settings, "results": results}, report(results)))
+
+
+def merged_with_last(results: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """This run's rows, plus the rows of the last results file that this run did not measure
+    (a run with ``--only``/``--shapes``/``--models`` refreshes its rows and keeps the rest)."""
+    last = RESULTS / "stages.json"
+    if not last.is_file():
+        return results
+    old = json.loads(last.read_text(encoding="utf-8")).get("results", {})
+
+    def key(row: dict[str, Any]) -> tuple:
+        return tuple(row.get(k) for k in ("shape", "model", "dataset"))
+
+    out = {}
+    for name in MEASUREMENTS:
+        new = results.get(name, [])
+        fresh = {key(r) for r in new}
+        out[name] = [r for r in old.get(name, []) if key(r) not in fresh] + new
+        order = [key(j) for j in JOBS[name]]
+        out[name].sort(key=lambda r: order.index(key(r)) if key(r) in order else len(order))
+    return out
 
 
 if __name__ == "__main__":

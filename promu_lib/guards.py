@@ -96,6 +96,7 @@ def image_has_effect(net: nn.Module, batch: dict[str, Any]) -> bool:
     was_training = net.training
     net.eval()
     blank = dict(batch, image=torch.zeros_like(batch["image"]))
+    blank.pop("pyramid_features", None)  # maps precomputed from the real images
     if "objects" in batch:
         blank["objects"] = torch.zeros_like(batch["objects"])
     same = torch.equal(net(batch)["logits"], net(blank)["logits"])

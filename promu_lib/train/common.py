@@ -73,9 +73,16 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-    }
+    """Tensors, and lists of tensors (a precomputed pyramid), onto ``device``."""
+
+    def move(v: Any) -> Any:
+        if torch.is_tensor(v):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, list) and v and all(torch.is_tensor(t) for t in v):
+            return [t.to(device, non_blocking=True) for t in v]
+        return v
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 # =============================================================================================

@@ -53,6 +53,7 @@ from promu_lib.train.common import (
     seed_everything,
     to_device,
 )
+from promu_lib.train.frozen_features import WithPyramid, frozen_pyramid, pyramid_store
 
 TASK_OF: dict[str, str] = {"twitter2015": "ner", "twitter2017": "ner", "mnre": "re"}
 MODELS: tuple[str, ...] = (
@@ -237,6 +238,12 @@ def finetune(
     if init is not None:
         load_backbone(net, init)
     net.to(device)
+    visual = frozen_pyramid(net) if f.cache_frozen_features else None
+    if visual is not None:  # the same maps every epoch: computed once (frozen_features)
+        loaders = {
+            split: WithPyramid(ld, pyramid_store(visual, ld, device, f.eval_batch_size))
+            for split, ld in loaders.items()
+        }
     optimizer = build_optimizer(net.param_groups(f.lr, f.head_lr, f.weight_decay), f.lr)
     steps_per_epoch = len(loaders["train"])
     scheduler = build_scheduler(optimizer, f.epochs * steps_per_epoch, f.warmup_ratio)
