@@ -22,14 +22,18 @@ import psutil
 from common import ROOT, markdown_table, write_results
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def tree_rss(proc: psutil.Process) -> tuple[int, list[tuple[int, str]]]:
+    """Resident bytes of ``proc`` and its descendants, and (MiB, command) of each of them."""
+    total, parts = 0, []
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
+            cmd = " ".join(p.cmdline()[1:4])[:90]
         except psutil.Error:
-            pass  # ended between the listing and the read
-    return total
+            continue  # ended between the listing and the read
+        total += rss
+        parts.append((rss >> 20, cmd))
+    return total, sorted(parts, reverse=True)
 
 
 def main() -> None:
@@ -45,9 +49,9 @@ def main() -> None:
 
     def sample() -> None:
         while not done.is_set():
-            rss = tree_rss(root)
+            rss, parts = tree_rss(root)
             if rss > peak["bytes"]:
-                peak.update(bytes=rss, at_s=time.perf_counter() - t0)
+                peak.update(bytes=rss, at_s=time.perf_counter() - t0, processes=parts)
             done.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -80,6 +84,7 @@ def main() -> None:
         "wall_s": wall,
         "peak_rss_mib": peak["bytes"] / 2**20,
         "peak_at_s": peak["at_s"],
+        "peak_processes_mib": peak.get("processes", []),
         "stages": stages,
     }
     rows = [[s["stage"], s["status"], s["seconds"]] for s in stages]
@@ -87,7 +92,10 @@ def main() -> None:
         f"# Whole run: `./run_all.sh {' '.join(args)}`\n\n"
         f"Exit code {rc}; wall time {wall / 60:.1f} min ({wall:.0f} s, installation checks "
         f"included); peak resident memory of the process tree {peak['bytes'] / 2**30:.2f} GiB "
-        f"(at {peak['at_s']:.0f} s).\n\n" + markdown_table(["stage", "status", "seconds"], rows)
+        f"(at {peak['at_s']:.0f} s).\n\n"
+        + markdown_table(["stage", "status", "seconds"], rows)
+        + "\n\nAt the peak (MiB, process):\n\n"
+        + "\n".join(f"- {mib} `{cmd}`" for mib, cmd in peak.get("processes", []))
     )
     print(write_results("whole_run", data, md))
     sys.exit(rc)

@@ -234,7 +234,7 @@ class FinetuneConfig:
     train_fraction: float = 1.0  # low-resource curve (sampled without replacement)
     log_every: int = 50  # steps between log lines when no progress bar is shown
     # HVPNeT with a frozen CNN: its pooled maps computed once per split, not every epoch
-    # (promu_lib.train.frozen_features; memory: ~1 GB for Twitter-2015 train with ResNet-50)
+    # (promu_lib.train.frozen_features; ResNet-50: ~1.6 GB for Twitter-2015, 3.8 GB for MNRE)
     cache_frozen_features: bool = True
 
 

@@ -133,10 +133,25 @@ def _run_one(job: Pretrain | Finetune, cfg: Config) -> Any:
     return job.run(cfg)
 
 
+# A worker is replaced by a fresh one after this many jobs: a long-lived process keeps the
+# high-water mark of every job it ran (~17 MB more per fine-tuning here; 57 jobs in the default
+# run), and a fresh one costs ~3 s of start-up.
+JOBS_PER_WORKER = 10
+
+
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
     """Spawned worker processes with one torch thread each."""
     ctx = mp.get_context("spawn")
-    return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+    return cf.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, max_tasks_per_child=JOBS_PER_WORKER
+    )
+
+
+def _mine_all(configs: list[Config]) -> None:
+    from promu_lib.mining import mine_labels
+
+    for c in configs:
+        mine_labels(c, progress=False)
 
 
 def map_in_workers(
@@ -190,17 +205,28 @@ def run_jobs(
     jobs that others wait for start first, so both workers stay busy until the end.
     ``progress``: a bar (a log line per job off a terminal) over the jobs.
     """
-    from promu_lib.mining import mine_labels
+    from promu_lib.cache import is_done
+    from promu_lib.mining import mining_dir
     from promu_lib.train.common import Progress
 
     order = _with_dependencies(dict.fromkeys(jobs))
-    for job in order:
-        if isinstance(job, Pretrain):
-            mine_labels(job.config(cfg), progress=False)  # one at a time, here
+    workers = workers or min(2, os.cpu_count() or 1)
+    # the pseudo-labels of each pre-training, one at a time before any job (two workers must
+    # not mine the same labels at once), in a process of their own when there are workers:
+    # spaCy and the teacher are not kept for the whole pass
+    to_mine = {
+        mining_dir(c): c
+        for c in (job.config(cfg) for job in order if isinstance(job, Pretrain))
+        if not is_done(mining_dir(c))
+    }
+    if to_mine and workers > 1:
+        with _pool(1) as miner:
+            miner.submit(_mine_all, list(to_mine.values())).result()
+    elif to_mine:
+        _mine_all(list(to_mine.values()))
     needed = {d for d in map(_dependency, order) if d is not None}
     results: dict[Pretrain | Finetune, Any] = {}
     waiting = sorted(order, key=lambda j: j not in needed)  # stable: prerequisites first
-    workers = workers or min(2, os.cpu_count() or 1)
     pool = None
     running: dict[cf.Future, Pretrain | Finetune] = {}
 

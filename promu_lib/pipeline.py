@@ -312,7 +312,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
     reports = paths.resolve(cfg.run.reports_dir)
     out = paths.resolve(cfg.output_root())
     selected = [s for s in STAGES if not only or s.name in only]
-    with run_lock(out):
+    with run_lock(out), run_lock(reports):  # reports/ may be shared by profiles
         config_file = save_config(cfg, out / "config.yaml")
         pending = [s for s in selected if force or cached_status(s, cfg, reports) is None]
         training = [s for s in pending if plan.stage_jobs(cfg).get(s.name)]

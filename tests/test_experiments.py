@@ -26,3 +26,22 @@ def test_run_jobs_in_workers_runs_dependencies_first_then_reads_the_cache(tmp_pa
     assert first[jobs[1]]["init_sha256"] is not None
     for job in jobs:
         assert again[job] == first[job]
+
+
+def test_pretraining_jobs_mine_their_labels_first_in_a_process_of_their_own(tmp_path):
+    from promu_lib.cache import is_done
+    from promu_lib.experiments import Pretrain
+    from promu_lib.mining import mining_dir
+
+    cfg = toy_cfg(
+        tmp_path, **{"pretrain.steps": 2, "pretrain.batch_size": 4, "mining.teacher_steps": 2}
+    )
+    build_toy_world(cfg, progress=False)
+    jobs = [Pretrain("promu"), Pretrain("promu", entity_template=1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = run_jobs(cfg, jobs, workers=2)
+    for job in jobs:
+        assert is_done(mining_dir(job.config(cfg)))
+        assert results[job] == job.encoder_file(cfg) and results[job].is_file()
+    assert mining_dir(jobs[0].config(cfg)) != mining_dir(jobs[1].config(cfg))

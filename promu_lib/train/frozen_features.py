@@ -6,7 +6,7 @@ a split never change (no augmentation), so every epoch would compute the same po
 computed once, kept on the CPU, and each batch carries its posts' maps as
 ``batch["pyramid_features"]``, which ``HVPNet.token_states`` hands to the visual prefix in
 place of running the CNN. Cost: sum(C_i) * p * p floats per image (ResNet-50, p = 2: 61 KB;
-Twitter-2015 train with 3 objects per post: ~1 GB); ``finetune.cache_frozen_features=false``
+Twitter-2015, all splits, 3 objects per post: ~1.6 GB); ``finetune.cache_frozen_features=false``
 turns it off.
 """
 
