@@ -51,4 +51,5 @@ if [[ "${1:-}" == "--test" ]]; then
 fi
 
 bootstrap
-exec "$VENV/bin/promu" run "$@"
+# = `promu run "$@"`, without loading the other commands (the runner stays small)
+exec "$PY" -m promu_lib.pipeline "$@"

@@ -133,18 +133,11 @@ def _run_one(job: Pretrain | Finetune, cfg: Config) -> Any:
     return job.run(cfg)
 
 
-# A worker is replaced by a fresh one after this many jobs: a long-lived process keeps the
-# high-water mark of every job it ran (~17 MB more per fine-tuning here; 57 jobs in the default
-# run), and a fresh one costs ~3 s of start-up.
-JOBS_PER_WORKER = 10
-
-
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
-    """Spawned worker processes with one torch thread each."""
+    """Spawned worker processes with one torch thread each. (Not ``max_tasks_per_child``: on
+    Python 3.11 a pool whose worker retires that way can hang, seen here.)"""
     ctx = mp.get_context("spawn")
-    return cf.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_worker_init, max_tasks_per_child=JOBS_PER_WORKER
-    )
+    return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
 
 
 def _mine_all(configs: list[Config]) -> None:

@@ -366,15 +366,34 @@ def _jobs_command(args) -> int:
     return 0
 
 
-def register(sub) -> None:
-    """``promu run`` and ``promu stages``."""
-    p = sub.add_parser("run", help="run the stages of a profile (what ./run_all.sh calls)")
+def _run_arguments(p) -> None:
     add_config_arguments(p)
     p.add_argument(
         "--only", action="append", metavar="STAGE", help="run only this stage (repeatable)"
     )
     p.add_argument("--force", action="store_true", help="rerun stages even when cached")
     p.set_defaults(func=lambda a: run_pipeline(config_from_args(a), only=a.only, force=a.force))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m promu_lib.pipeline`` = ``promu run`` (what ./run_all.sh calls), without
+    importing the other commands' modules: the runner stays free of torch (~0.9 GB resident)
+    while the training pass and the notebooks run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="promu run", description=run_pipeline.__doc__)
+    _run_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except PromuError as e:
+        print(f"promu: error: {e}", file=sys.stderr)
+        return 2
+
+
+def register(sub) -> None:
+    """``promu run``, ``promu jobs`` and ``promu stages``."""
+    _run_arguments(sub.add_parser("run", help="run the stages of a profile (./run_all.sh)"))
 
     j = sub.add_parser(
         "jobs", help="train (or find cached) every pre-training and fine-tuning a stage needs"
@@ -392,3 +411,7 @@ def register(sub) -> None:
             "\n".join(f"{x.name:12s} notebooks/{x.notebook}  {x.title}" for x in STAGES)
         )
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -215,3 +215,23 @@ def test_the_plan_matches_the_notebooks_defaults():
     every = plan.jobs_of(cfg, pipeline.stage_names())
     assert len(every) == len(set(every))
     assert plan.jobs_of(cfg, ["data", "llm"]) == []
+
+
+def test_the_runner_does_not_load_torch():
+    """./run_all.sh runs `python -m promu_lib.pipeline`: planning and stage keys need no torch
+    (~0.9 GB resident in every process that imports it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from promu_lib import pipeline, plan\n"
+        "from promu_lib.config import profile_config\n"
+        "cfg = profile_config('tiny')\n"
+        "plan.jobs_of(cfg, pipeline.stage_names())\n"
+        "assert pipeline.main(['--only', 'bogus']) == 2\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert "unknown stage(s) ['bogus']" in out.stderr
