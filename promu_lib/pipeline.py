@@ -261,7 +261,8 @@ def run_training_jobs(cfg: Config, config_file: Path, stages: list[Stage], repor
 
     from promu_lib import plan
 
-    names = [s.name for s in stages if plan.stage_jobs(cfg).get(s.name)]
+    per_stage = plan.stage_jobs(cfg)
+    names = [s.name for s in stages if per_stage.get(s.name)]
     print(f"[promu] jobs: training what {', '.join(names)} need, in one pass", flush=True)
     t0 = time.perf_counter()
     status = {
@@ -315,7 +316,8 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
     with run_lock(out), run_lock(reports):  # reports/ may be shared by profiles
         config_file = save_config(cfg, out / "config.yaml")
         pending = [s for s in selected if force or cached_status(s, cfg, reports) is None]
-        training = [s for s in pending if plan.stage_jobs(cfg).get(s.name)]
+        per_stage = plan.stage_jobs(cfg)
+        training = [s for s in pending if per_stage.get(s.name)]
         statuses: list[dict] = []
         t0 = time.perf_counter()
         code = 0
@@ -334,6 +336,8 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
                     ]
                     failure = None
                     for stage, fut in zip(group, futures):
+                        if fut.cancelled():  # after a failure, never started
+                            continue
                         try:
                             statuses.append(fut.result())
                         except StageFailed as e:
@@ -341,9 +345,6 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
                             statuses.append(_failed_status(stage, reports, e))
                             for later in futures:
                                 later.cancel()  # not started yet: not started at all
-                        except Exception:
-                            if not fut.cancelled():
-                                raise
                     if failure is not None:
                         raise failure
             except StageFailed as e:

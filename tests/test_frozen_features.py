@@ -33,7 +33,7 @@ def test_the_store_holds_what_the_cnn_computes_per_batch(world, layout):
     assert visual is not None
     ds = load_split(cfg, "mnre", "dev", tok, progress=False)
     loader = make_loader(ds, 2, shuffle=True, seed=3)
-    store = pyramid_store(visual, loader, torch.device("cpu"), batch_size=4)
+    store = pyramid_store(visual, ds, torch.device("cpu"), batch_size=4)
     wrapped = WithPyramid(loader, store)
     assert len(wrapped) == len(loader) and wrapped.dataset is ds
     for batch in wrapped:

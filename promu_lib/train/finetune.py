@@ -241,7 +241,7 @@ def finetune(
     visual = frozen_pyramid(net) if f.cache_frozen_features else None
     if visual is not None:  # the same maps every epoch: computed once (frozen_features)
         loaders = {
-            split: WithPyramid(ld, pyramid_store(visual, ld, device, f.eval_batch_size))
+            split: WithPyramid(ld, pyramid_store(visual, data[split], device, f.eval_batch_size))
             for split, ld in loaders.items()
         }
     optimizer = build_optimizer(net.param_groups(f.lr, f.head_lr, f.weight_decay), f.lr)

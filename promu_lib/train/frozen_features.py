@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from promu_lib.data.datasets import make_loader
 from promu_lib.train.common import to_device
@@ -35,10 +35,9 @@ def frozen_pyramid(net: nn.Module) -> nn.Module | None:
 
 @torch.no_grad()
 def pyramid_store(
-    visual: nn.Module, loader: DataLoader, device: torch.device, batch_size: int
+    visual: nn.Module, dataset: Dataset, device: torch.device, batch_size: int
 ) -> list[Tensor]:
-    """The pooled pyramid of every post of ``loader.dataset``: 4 x (N, n, C_i, p, p), CPU."""
-    dataset = loader.dataset
+    """The pooled pyramid of every post of ``dataset``: 4 x (N, n, C_i, p, p), on the CPU."""
     store: list[Tensor] = []
     for batch in make_loader(dataset, batch_size, shuffle=False, seed=0):
         b = to_device(batch, device)
