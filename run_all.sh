@@ -36,8 +36,8 @@ if [[ "${1:-}" == "--test" ]]; then
   shift
   bootstrap
   echo "[promu] ruff lint + format check"
-  "$VENV/bin/ruff" check promu_lib tests benchmarks
-  "$VENV/bin/ruff" format --check promu_lib tests benchmarks
+  "$VENV/bin/ruff" check promu_lib tests benchmarks notebooks
+  "$VENV/bin/ruff" format --check promu_lib tests benchmarks notebooks
   echo "[promu] pytest"
   set +e
   "$PY" -m pytest "$@"

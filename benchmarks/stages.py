@@ -229,7 +229,7 @@ def measure_inference(cfg: Any, repeats: int, model: str, dataset: str) -> dict[
     torch.manual_seed(0)
     net = build_model(cfg, task_of(dataset), model, tok).eval()
     loader = make_loader(ds, cfg.finetune.eval_batch_size, False, 0)
-    t = timed(lambda: evaluate(net, loader, task_of(dataset)), repeats)
+    t = timed(lambda: evaluate(net, loader), repeats)
     return {
         "posts": len(ds),
         "posts_per_s": len(ds) / t["median_s"],

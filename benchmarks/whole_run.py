@@ -69,10 +69,10 @@ def main() -> None:
     done.set()
     sampler.join()
     wall = time.perf_counter() - t0
-    from promu_lib.pipeline import STAGES
+    from promu_lib.pipeline import stage_names
 
     stages = []
-    names = [s.name for s in STAGES]
+    names = stage_names()
     names.insert(names.index("pretrain"), "jobs")  # the one training pass, before pre-training
     for name in names:
         f = ROOT / "reports" / "status" / f"{name}.json"

@@ -268,7 +268,7 @@ class ScopeConfig:
 
 @dataclass
 class LLMConfig:
-    """An OpenAI-compatible chat endpoint for the LLM comparison (PROMU Fig 6; promu_lib.llm).
+    """An OpenAI-compatible chat endpoint for the LLM comparison (PROMU Fig 6; promu_lib.chat, promu_lib.studies.llm).
 
     ``url`` None (the default): no endpoint, so no call is ever made and the notebook shows the
     paper's numbers beside an empty measured column. The API key is read from the environment

@@ -128,7 +128,7 @@ def build_detector(cfg: Config) -> Detector:
 
     kind = cfg.mining.detector
     if kind == "boxes":
-        layout = DataLayout(root=resolve(cfg.data_root()), data=cfg.data)
+        layout = DataLayout.of(cfg)
         return PrecomputedBoxes(layout.boxes("pretrain"), on_bad=cfg.data.on_bad_record)
     if kind == "yolo":
         if not cfg.mining.yolo_weights:

@@ -10,26 +10,33 @@ config sections):
    paper uses Wikidata relation tags, extra ones come from ``mining.extra_relation_labels``);
    relation prompts from one of the paper's three templates (Table 3, A/B/C).
 3. A detector gives up to ``data.max_objects`` boxes per caption image (the objects O_i).
-4. A teacher scores each object crop against the entity prompts and each whole image against
-   the relation prompts: q = softmax(S / tau) (Eq. 6, Eq. 9).
-5. Pseudo-labels whose max probability is below ``mining.min_confidence`` are masked out. (The
-   official code compares the argmax INDEX with its 0.2 threshold, so it only ever ignores
-   samples whose best label is label 0; here the max probability is compared, as intended.)
+4. A teacher: CLIP (``mining.clip_weights``) or the toy dual encoder, trained on the matched
+   pairs and their crops (cached on its own: :func:`teacher_stage_dir`).
+5. The teacher scores each object crop against the entity prompts and each whole image against
+   the relation prompts: the similarities S.
+6. Pseudo-labels q = softmax(S / tau) (Eq. 6, Eq. 9), in one pure function
+   (:func:`pseudo_label_tensors`); those whose max probability is below
+   ``mining.min_confidence`` are masked out. (The official code compares the argmax INDEX with
+   its 0.2 threshold, so it only ever ignores samples whose best label is label 0; here the max
+   probability is compared, as intended.)
+
+:func:`mine_labels` runs them in that order (``find_prompts``, ``detect_objects``,
+``build_teacher``, ``teacher_scores``, ``pseudo_label_tensors``, ``write_labels``).
 
 Output (one row per distinct caption image, keyed by the image path of the captions file):
 ``labels.safetensors`` + ``meta.json``, then ``DONE.json``. Read it with
-:func:`load_pseudo_labels`.
+:func:`promu_lib.data.pseudo_labels.load_pseudo_labels` (re-exported here, with
+``PseudoLabels`` and ``harden``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -37,10 +44,17 @@ from torch import Tensor
 
 from promu_lib.cache import is_done, mark_done, stage_dir
 from promu_lib.config import Config, config_hash
-from promu_lib.data.records import RELATION_PHRASES, Box
+from promu_lib.data.images import ImageLoader
+from promu_lib.data.pseudo_labels import PseudoLabels as PseudoLabels  # re-exported
+from promu_lib.data.pseudo_labels import harden as harden  # re-exported
+from promu_lib.data.pseudo_labels import load_pseudo_labels as load_pseudo_labels  # re-exported
+from promu_lib.data.records import RELATION_PHRASES, Box, CaptionPair
 from promu_lib.errors import DataError, MissingAssetError
 from promu_lib.io import atomic_write_bytes, atomic_write_json
 from promu_lib.paths import resolve
+
+if TYPE_CHECKING:
+    from promu_lib.teacher import Teacher
 
 # PROMU Table 3 / Sec. 5 "The Impact of Prompt Design", verbatim. (Sec. 4.3's running example
 # reads "The image shows the relation of {relation}", a variant of (A).)
@@ -147,81 +161,55 @@ def soft_labels(sim: Tensor, tau: float) -> Tensor:
     return torch.softmax(sim.float() / tau, dim=-1)
 
 
-def harden(q: Tensor) -> Tensor:
-    """The hard pseudo-label: a one-hot of argmax q (same shape and dtype)."""
-    return torch.nn.functional.one_hot(q.argmax(dim=-1), q.shape[-1]).to(q.dtype)
-
-
 def confidence_mask(q: Tensor, min_confidence: float) -> Tensor:
     """True where the pseudo-label's max probability reaches ``min_confidence``."""
     return q.max(dim=-1).values >= min_confidence
 
 
-@dataclass
-class PseudoLabels:
-    """Mined labels, one row per caption image (``keys[i]``, the captions file's image path).
+@dataclass(frozen=True)
+class Similarities:
+    """The teacher's scores S: ``rel`` (N images, R relation prompts); ``ent`` (K crops, M
+    entity prompts) for the crops at ``where`` (K, 2) = (image row, object slot)."""
 
-    boxes (N, m, 4) normalised x1, y1, x2, y2 in [0, 1]; object_mask (N, m) real objects;
-    q_ent (N, m, M) Eq. 6; ent_mask (N, m) real AND confident; q_rel (N, R) Eq. 9;
-    rel_mask (N,) confident; image_size (N, 2) width, height in pixels.
-    """
-
-    keys: list[str]
-    boxes: Tensor
-    object_mask: Tensor
-    q_ent: Tensor
-    ent_mask: Tensor
-    q_rel: Tensor
-    rel_mask: Tensor
-    image_size: Tensor
-    nouns: list[str]
-    relation_labels: list[str]
-    relation_phrases: list[str]
-    entity_prompts: list[str]
-    relation_prompts: list[str]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._row = {k: i for i, k in enumerate(self.keys)}
-
-    def row(self, key: str) -> int:
-        """The row of an image key; KeyError names the key."""
-        try:
-            return self._row[key]
-        except KeyError:
-            raise KeyError(f"no mined labels for image {key!r}") from None
+    rel: Tensor
+    ent: Tensor
+    where: Tensor
 
 
-_TENSORS = ("boxes", "object_mask", "q_ent", "ent_mask", "q_rel", "rel_mask", "image_size")
+def pseudo_label_tensors(
+    sim: Similarities,
+    boxes: Sequence[Sequence[Box]],
+    sizes: Sequence[tuple[int, int]],
+    max_objects: int,
+    n_nouns: int,
+    tau: float,
+    min_confidence: float,
+) -> dict[str, Tensor]:
+    """The tensors of ``labels.safetensors`` (see :class:`PseudoLabels`): Eq. 6 over each
+    object crop, Eq. 9 over each image, the confidence masks and the normalised boxes."""
+    n = len(boxes)
+    box_t = torch.zeros(n, max_objects, 4)
+    object_mask = torch.zeros(n, max_objects, dtype=torch.bool)
+    for i, ((w, h), bs) in enumerate(zip(sizes, boxes)):
+        for j, b in enumerate(bs):
+            box_t[i, j] = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h])
+            object_mask[i, j] = True
+    q_ent = torch.zeros(n, max_objects, n_nouns)
+    if len(sim.where):
+        q_ent[sim.where[:, 0], sim.where[:, 1]] = soft_labels(sim.ent, tau)
+    q_rel = soft_labels(sim.rel, tau)
+    return {
+        "boxes": box_t,
+        "object_mask": object_mask,
+        "q_ent": q_ent,
+        "ent_mask": object_mask & confidence_mask(q_ent, min_confidence),
+        "q_rel": q_rel,
+        "rel_mask": confidence_mask(q_rel, min_confidence),
+        "image_size": torch.tensor(sizes, dtype=torch.long).view(n, 2),
+    }
 
 
-def load_pseudo_labels(directory: str | Path) -> PseudoLabels:
-    """Read a finished mining stage directory."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if not is_done(directory):
-        raise MissingAssetError(
-            "mined pseudo-labels", str(directory), "Run the mining stage (mine_labels) first."
-        )
-    meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
-    t = load_file(str(directory / "labels.safetensors"))
-    lists = (
-        "keys",
-        "nouns",
-        "relation_labels",
-        "relation_phrases",
-        "entity_prompts",
-        "relation_prompts",
-    )
-    return PseudoLabels(
-        **{k: t[k] for k in _TENSORS},
-        **{k: meta.pop(k) for k in lists},
-        meta=meta,
-    )
-
-
-# -- the stage ---------------------------------------------------------------------------------
+# -- the stage's inputs ------------------------------------------------------------------------
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -232,6 +220,91 @@ def _say(progress: bool, msg: str) -> None:
 def _chunks(n: int, size: int) -> Iterable[range]:
     for start in range(0, n, size):
         yield range(start, min(n, start + size))
+
+
+@dataclass
+class Corpus:
+    """The caption corpus: its pairs and distinct images (``keys``, first-seen order)."""
+
+    path: Path
+    pairs: list[CaptionPair]
+    keys: list[str]
+    image_dir: Path
+    loader: ImageLoader
+    boxes_file: Path
+
+    def images(self, rows: Iterable[int]) -> list[Image.Image]:
+        """The images of ``keys[i]`` for ``i`` in ``rows``."""
+        from promu_lib.data.images import safe_join
+
+        return [self.loader(safe_join(self.image_dir, self.keys[i], self.path)) for i in rows]
+
+
+def read_corpus(cfg: Config) -> Corpus:
+    """The captions file of ``cfg`` (``MissingAssetError`` when it is not there)."""
+    from promu_lib.data.formats import read_captions
+    from promu_lib.data.layout import DataLayout
+
+    layout = DataLayout.of(cfg)
+    path = layout.captions()
+    if not path.is_file():
+        raise MissingAssetError(
+            "caption corpus",
+            str(path),
+            "Build the data of the profile first (`promu data`) or set data.captions_file.",
+        )
+    pairs = read_captions(path, on_bad=cfg.data.on_bad_record)
+    return Corpus(
+        path=path,
+        pairs=pairs,
+        keys=list(dict.fromkeys(p.image for p in pairs)),
+        image_dir=layout.caption_image_dir(),
+        loader=ImageLoader(cfg.data.on_missing_image),
+        boxes_file=layout.boxes("pretrain"),
+    )
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Step 1-2: the nouns (ENTITY), the relation labels and the prompts built from them."""
+
+    noun_counts: list[tuple[str, int]]
+    entity: list[str]
+    relation_labels: list[str]
+    relation_phrases: list[str]
+    relation: list[str]
+
+    @property
+    def nouns(self) -> list[str]:
+        return [n for n, _ in self.noun_counts]
+
+
+def find_prompts(cfg: Config, corpus: Corpus) -> Prompts:
+    """Step 1-2: spaCy's top nouns of the captions (each distinct caption once) and the
+    relation labels, each put into its template."""
+    mc = cfg.mining
+    nlp = load_spacy(mc.spacy_model)
+    noun_counts = top_nouns(dict.fromkeys(p.caption for p in corpus.pairs), nlp, mc.top_m_nouns)
+    if not noun_counts:
+        raise DataError(corpus.path, "spaCy found no nouns in the captions", "captions with nouns")
+    r_labels, r_phrases = relation_labels(mc.extra_relation_labels)
+    return Prompts(
+        noun_counts=noun_counts,
+        entity=entity_prompts([n for n, _ in noun_counts], mc.entity_template),
+        relation_labels=r_labels,
+        relation_phrases=r_phrases,
+        relation=relation_prompts(r_phrases, mc.relation_template),
+    )
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Step 3: up to ``data.max_objects`` boxes per caption image (best first), the image
+    sizes, and the image keys the box file has no entry for."""
+
+    boxes: list[list[Box]]
+    sizes: list[tuple[int, int]]
+    missing: list[str]
 
 
 def _clip_boxes(
@@ -251,6 +324,27 @@ def _clip_boxes(
         if len(kept) == m:
             break
     return kept
+
+
+def detect_objects(cfg: Config, corpus: Corpus) -> Detections:
+    """Step 3: the detector of ``cfg.mining.detector`` over every distinct caption image."""
+    from promu_lib.detect import build_detector
+
+    detector = build_detector(cfg)
+    boxes: list[list[Box]] = []
+    sizes: list[tuple[int, int]] = []
+    for rows in _chunks(len(corpus.keys), cfg.mining.batch_size):
+        ims = corpus.images(rows)
+        found = detector.detect(ims, [corpus.keys[i] for i in rows])
+        for im, bs in zip(ims, found):
+            boxes.append(
+                _clip_boxes(bs, im, cfg.data.max_objects, corpus.boxes_file, cfg.data.on_bad_record)
+            )
+            sizes.append(im.size)
+    return Detections(boxes, sizes, sorted(getattr(detector, "missing_keys", ())))
+
+
+# -- the teacher -------------------------------------------------------------------------------
 
 
 def mining_dir(cfg: Config) -> Path:
@@ -277,8 +371,32 @@ def teacher_stage_dir(cfg: Config) -> Path:
     return resolve(stage_dir(cfg, "teacher", "data", extra=extra))
 
 
-def _build_teacher(cfg: Config, images_for_toy, progress: bool):
-    from promu_lib.teacher import ClipTeacher, ToyTeacher, train_toy_teacher
+def toy_teacher_data(
+    corpus: Corpus, detections: Detections, size: int, batch_size: int
+) -> tuple[list[str], Tensor, list[Tensor]]:
+    """What the toy teacher trains on: the matched pairs' captions, their images and their
+    object crops (``size`` x ``size`` tensors)."""
+    from promu_lib.data.images import crop
+    from promu_lib.teacher import images_to_tensor
+
+    row_of = {k: i for i, k in enumerate(corpus.keys)}
+    matched = [p for p in corpus.pairs if p.matched]
+    rows = [row_of[p.image] for p in matched]
+    imgs, crops = [], []
+    for chunk in _chunks(len(rows), batch_size):
+        ims = corpus.images(rows[i] for i in chunk)
+        imgs.append(images_to_tensor(ims, size))
+        crops += [
+            images_to_tensor([crop(im, b) for b in detections.boxes[rows[i]]], size)
+            for i, im in zip(chunk, ims)
+        ]
+    return [p.caption for p in matched], torch.cat(imgs), crops
+
+
+def build_teacher(cfg: Config, corpus: Corpus, detections: Detections, progress: bool) -> Teacher:
+    """Step 4: CLIP from ``mining.clip_weights``, or the toy teacher (trained on the corpus the
+    first time, then read from :func:`teacher_stage_dir`)."""
+    from promu_lib.teacher import ClipTeacher, ToyTeacher
 
     mc = cfg.mining
     if mc.teacher == "clip":
@@ -297,7 +415,21 @@ def _build_teacher(cfg: Config, images_for_toy, progress: bool):
     if is_done(tdir):
         _say(progress, f"toy teacher cached in {tdir}")
         return ToyTeacher.load(tdir, cfg.run.device)
-    captions, images, crops = images_for_toy()
+    data = toy_teacher_data(corpus, detections, mc.teacher_image_size, mc.batch_size)
+    return _train_toy_teacher(cfg, *data, tdir, progress)
+
+
+def _train_toy_teacher(
+    cfg: Config,
+    captions: list[str],
+    images: Tensor,
+    crops: list[Tensor],
+    tdir: Path,
+    progress: bool,
+) -> Teacher:
+    from promu_lib.teacher import train_toy_teacher
+
+    mc = cfg.mining
     _say(
         progress,
         f"training the toy teacher on {len(captions)} matched pairs, "
@@ -328,157 +460,141 @@ def _build_teacher(cfg: Config, images_for_toy, progress: bool):
     return teacher
 
 
-def mine_labels(cfg: Config, progress: bool = True) -> Path:
-    """Run (or reuse) the mining stage; returns its directory (read with load_pseudo_labels)."""
-    out = mining_dir(cfg)
-    if is_done(out):
-        _say(progress, f"cached: {out}")
-        return out
-    from promu_lib.data.formats import read_captions
-    from promu_lib.data.images import ImageLoader, crop, safe_join
-    from promu_lib.data.layout import DataLayout
-    from promu_lib.detect import build_detector
-    from promu_lib.teacher import images_to_tensor
+def teacher_scores(
+    teacher: Teacher,
+    corpus: Corpus,
+    detections: Detections,
+    prompts: Prompts,
+    batch_size: int,
+) -> Similarities:
+    """Step 5: the teacher's S between each image and the relation prompts, and between each
+    object crop and the entity prompts (images read ``batch_size`` at a time)."""
+    from promu_lib.data.images import crop
 
-    mc, m = cfg.mining, cfg.data.max_objects
+    rel, ent, where = [], [], []
+    for rows in _chunks(len(corpus.keys), batch_size):
+        ims = corpus.images(rows)
+        rel.append(teacher.score(ims, prompts.relation))
+        crops, at = [], []
+        for i, im in zip(rows, ims):
+            for j, b in enumerate(detections.boxes[i]):
+                crops.append(crop(im, b))
+                at.append((i, j))
+        if crops:
+            ent.append(teacher.score(crops, prompts.entity))
+            where += at
+    return Similarities(
+        rel=torch.cat(rel) if rel else torch.zeros(0, len(prompts.relation)),
+        ent=torch.cat(ent) if ent else torch.zeros(0, len(prompts.entity)),
+        where=torch.tensor(where, dtype=torch.long).view(-1, 2),
+    )
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+
+def _check_settings(cfg: Config) -> None:
+    mc = cfg.mining
     if mc.tau <= 0 or not 0 <= mc.min_confidence <= 1:
         raise ValueError(
             f"mining.tau must be > 0 and mining.min_confidence in [0, 1]; got {mc.tau}, "
             f"{mc.min_confidence}"
         )
-    timings: dict[str, float] = {}
-    layout = DataLayout(root=resolve(cfg.data_root()), data=cfg.data)
-    cap_path = layout.captions()
-    if not cap_path.is_file():
-        raise MissingAssetError(
-            "caption corpus",
-            str(cap_path),
-            "Build the data of the profile first (`promu data`) or set data.captions_file.",
-        )
-    pairs = read_captions(cap_path, on_bad=cfg.data.on_bad_record)
-    image_dir = layout.caption_image_dir()
 
-    # 1-2. nouns, relation labels, prompts
+
+def mine_labels(cfg: Config, progress: bool = True) -> Path:
+    """Run (or reuse) the mining stage; returns its directory (read with load_pseudo_labels).
+
+    The steps of the module docstring, in order: nouns and prompts, detection, the teacher,
+    its scores, the pseudo-labels (:func:`pseudo_label_tensors`), then the files."""
+    out = mining_dir(cfg)
+    if is_done(out):
+        _say(progress, f"cached: {out}")
+        return out
+    _check_settings(cfg)
+    mc = cfg.mining
+    corpus = read_corpus(cfg)
+    timings: dict[str, float] = {}
+
     t0 = time.time()
-    nlp = load_spacy(mc.spacy_model)
-    noun_counts = top_nouns(dict.fromkeys(p.caption for p in pairs), nlp, mc.top_m_nouns)
-    if not noun_counts:
-        raise DataError(cap_path, "spaCy found no nouns in the captions", "captions with nouns")
-    nouns = [n for n, _ in noun_counts]
-    e_prompts = entity_prompts(nouns, mc.entity_template)
-    r_labels, r_phrases = relation_labels(mc.extra_relation_labels)
-    r_prompts = relation_prompts(r_phrases, mc.relation_template)
+    prompts = find_prompts(cfg, corpus)
     timings["nouns"] = time.time() - t0
+    nouns = prompts.nouns
     _say(
         progress,
-        f"{len(pairs)} pairs; top nouns: {', '.join(nouns[:10])}"
-        f"{' ...' if len(nouns) > 10 else ''}; {len(r_labels)} relation labels",
+        f"{len(corpus.pairs)} pairs; top nouns: {', '.join(nouns[:10])}"
+        f"{' ...' if len(nouns) > 10 else ''}; {len(prompts.relation_labels)} relation labels",
     )
 
-    # 3. boxes for every distinct caption image
     t0 = time.time()
-    keys = list(dict.fromkeys(p.image for p in pairs))
-    loader = ImageLoader(cfg.data.on_missing_image)
-    detector = build_detector(cfg)
-    boxes_file = layout.boxes("pretrain")
-
-    def load(rows: range) -> list[Image.Image]:
-        return [loader(safe_join(image_dir, keys[i], cap_path)) for i in rows]
-
-    boxes: list[list[Box]] = []
-    sizes: list[tuple[int, int]] = []
-    for rows in _chunks(len(keys), mc.batch_size):
-        ims = load(rows)
-        found = detector.detect(ims, [keys[i] for i in rows])
-        for im, bs in zip(ims, found):
-            boxes.append(_clip_boxes(bs, im, m, boxes_file, cfg.data.on_bad_record))
-            sizes.append(im.size)
+    detections = detect_objects(cfg, corpus)
     timings["detect"] = time.time() - t0
-    missing = sorted(getattr(detector, "missing_keys", ()))
-    if missing:
-        _say(progress, f"{len(missing)} images have no entry in {boxes_file} (no objects)")
-
-    # 4. teacher
-    def toy_data():
-        row_of = {k: i for i, k in enumerate(keys)}
-        matched = [p for p in pairs if p.matched]
-        rows = [row_of[p.image] for p in matched]
-        s = mc.teacher_image_size
-        imgs, crops = [], []
-        for chunk in _chunks(len(rows), mc.batch_size):
-            ims = [loader(safe_join(image_dir, keys[rows[i]], cap_path)) for i in chunk]
-            imgs.append(images_to_tensor(ims, s))
-            crops += [
-                images_to_tensor([crop(im, b) for b in boxes[rows[i]]], s)
-                for i, im in zip(chunk, ims)
-            ]
-        return [p.caption for p in matched], torch.cat(imgs), crops
+    if detections.missing:
+        _say(
+            progress,
+            f"{len(detections.missing)} images have no entry in {corpus.boxes_file} (no objects)",
+        )
 
     t0 = time.time()
-    teacher = _build_teacher(cfg, toy_data, progress)
+    teacher = build_teacher(cfg, corpus, detections, progress)
     timings["teacher"] = time.time() - t0
 
-    # 5. scores -> soft pseudo-labels
     t0 = time.time()
-    n, big_m, r = len(keys), len(nouns), len(r_labels)
-    q_ent = torch.zeros(n, m, big_m)
-    q_rel = torch.zeros(n, r)
-    box_t = torch.zeros(n, m, 4)
-    object_mask = torch.zeros(n, m, dtype=torch.bool)
-    for rows in _chunks(n, mc.batch_size):
-        ims = load(rows)
-        q_rel[rows.start : rows.stop] = soft_labels(teacher.score(ims, r_prompts), mc.tau)
-        crops, where = [], []
-        for i, im in zip(rows, ims):
-            w, h = im.size
-            for j, b in enumerate(boxes[i]):
-                crops.append(crop(im, b))
-                where.append((i, j))
-                box_t[i, j] = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h])
-                object_mask[i, j] = True
-        if crops:
-            q = soft_labels(teacher.score(crops, e_prompts), mc.tau)
-            idx = torch.tensor(where)
-            q_ent[idx[:, 0], idx[:, 1]] = q
-    ent_mask = object_mask & confidence_mask(q_ent, mc.min_confidence)
-    rel_mask = confidence_mask(q_rel, mc.min_confidence)
+    sim = teacher_scores(teacher, corpus, detections, prompts, mc.batch_size)
+    tensors = pseudo_label_tensors(
+        sim,
+        detections.boxes,
+        detections.sizes,
+        cfg.data.max_objects,
+        len(nouns),
+        mc.tau,
+        mc.min_confidence,
+    )
     timings["score"] = time.time() - t0
 
-    # write: tensors, meta, then the DONE marker
-    from safetensors.torch import save
+    summary = _summary(tensors, corpus, detections, timings)
+    write_labels(out, cfg, tensors, _meta(cfg, corpus, prompts, summary), summary)
+    _say(
+        progress,
+        f"done in {sum(timings.values()):.1f}s: {len(corpus.keys)} images, "
+        f"{summary['objects']} objects -> {out}",
+    )
+    return out
 
-    tensors = {
-        "boxes": box_t,
-        "object_mask": object_mask,
-        "q_ent": q_ent,
-        "ent_mask": ent_mask,
-        "q_rel": q_rel,
-        "rel_mask": rel_mask,
-        "image_size": torch.tensor(sizes, dtype=torch.long).view(n, 2),
-    }
-    atomic_write_bytes(out / "labels.safetensors", save(tensors))
-    summary = {
+
+def _summary(
+    tensors: dict[str, Tensor], corpus: Corpus, detections: Detections, timings: dict[str, float]
+) -> dict[str, Any]:
+    """The counts and timings of ``meta.json`` and ``DONE.json``."""
+    object_mask, q_ent, q_rel = tensors["object_mask"], tensors["q_ent"], tensors["q_rel"]
+    n = len(corpus.keys)
+    return {
         "images": n,
-        "pairs": len(pairs),
+        "pairs": len(corpus.pairs),
         "objects": int(object_mask.sum()),
-        "confident_objects": int(ent_mask.sum()),
-        "confident_images": int(rel_mask.sum()),
+        "confident_objects": int(tensors["ent_mask"].sum()),
+        "confident_images": int(tensors["rel_mask"].sum()),
         "mean_max_q_ent": float(q_ent.max(-1).values[object_mask].mean())
         if object_mask.any()
         else 0.0,
         "mean_max_q_rel": float(q_rel.max(-1).values.mean()) if n else 0.0,
-        "images_without_box_entry": len(missing),
-        "blank_images": loader.n_blank,
+        "images_without_box_entry": len(detections.missing),
+        "blank_images": corpus.loader.n_blank,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    meta = {
-        "keys": keys,
-        "nouns": nouns,
-        "noun_counts": dict(noun_counts),
-        "relation_labels": r_labels,
-        "relation_phrases": r_phrases,
-        "entity_prompts": e_prompts,
-        "relation_prompts": r_prompts,
+
+
+def _meta(cfg: Config, corpus: Corpus, prompts: Prompts, summary: dict[str, Any]) -> dict:
+    """``meta.json``: the row keys, the label sets and prompts, the settings, the summary."""
+    mc = cfg.mining
+    return {
+        "keys": corpus.keys,
+        "nouns": prompts.nouns,
+        "noun_counts": dict(prompts.noun_counts),
+        "relation_labels": prompts.relation_labels,
+        "relation_phrases": prompts.relation_phrases,
+        "entity_prompts": prompts.entity,
+        "relation_prompts": prompts.relation,
         "entity_template": ENTITY_TEMPLATES[mc.entity_template],
         "relation_template": RELATION_TEMPLATES[mc.relation_template],
         "teacher": mc.teacher,
@@ -487,13 +603,19 @@ def mine_labels(cfg: Config, progress: bool = True) -> Path:
         "min_confidence": mc.min_confidence,
         "summary": summary,
     }
+
+
+def write_labels(
+    out: Path,
+    cfg: Config,
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    summary: dict[str, Any],
+) -> None:
+    """``labels.safetensors``, ``meta.json``, then the DONE marker (atomic writes)."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(out / "labels.safetensors", save(tensors))
     atomic_write_json(out / "meta.json", meta, indent=None)
-    mark_done(
-        out,
-        {"config": {"data": cfg.to_dict()["data"], "mining": cfg.to_dict()["mining"]}, **summary},
-    )
-    _say(
-        progress,
-        f"done in {sum(timings.values()):.1f}s: {n} images, {summary['objects']} objects -> {out}",
-    )
-    return out
+    config = {"data": cfg.to_dict()["data"], "mining": cfg.to_dict()["mining"]}
+    mark_done(out, {"config": config, **summary})

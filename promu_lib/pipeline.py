@@ -8,10 +8,12 @@ cached by the library too, so ``--force`` on one stage reruns only what changed 
 The first failing stage stops the run with the notebook, the cell and the error; its HTML
 report is still written. One run at a time per output directory (a lock file).
 
-Scheduling: before the first stage that trains, the training jobs of every stage about to run
-(``promu_lib.plan``) go through one pass of ``experiments.run_jobs`` (two workers kept busy from
-the first pre-training to the last fine-tuning); the notebooks then find them in the cache.
-The reader stages (tables and figures) run two at a time.
+The stages are the studies (``promu_lib.studies``: one module per paper artifact, plus any
+named in ``$PROMU_STUDIES``), in the order of their notebooks. Scheduling: before the first
+stage that trains, the training jobs of every stage about to run (``study.jobs(cfg)``, the same
+function its notebook calls) go through one pass of ``jobs.run_jobs`` (two workers kept busy
+from the first pre-training to the last fine-tuning); the notebooks then find them in the
+cache. The reader stages (tables and figures) run two at a time.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from promu_lib import paths
@@ -38,34 +39,8 @@ from promu_lib.config import (
 )
 from promu_lib.errors import PromuError
 from promu_lib.io import atomic_write_json, atomic_write_text
+from promu_lib.studies import Study, discover
 
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    notebook: str
-    title: str
-    # a reader: it needs the trained jobs and nothing another reader writes, so it may run
-    # beside another reader (two notebooks at a time: kernel start-up and imports are serial)
-    reader: bool = False
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("data", "00_data.ipynb", "Data: the toy world (or your data), checked"),
-    Stage("mining", "01_mining.ipynb", "Label mining: nouns, prompts, soft pseudo-labels"),
-    Stage("pretrain", "02_pretrain.ipynb", "Pre-training: ITM, CIT, COE, CIR per variant"),
-    Stage("finetune", "03_finetune.ipynb", "Fine-tuning: every Table 1 model on every dataset"),
-    Stage("table1", "04_table1.ipynb", "Table 1: main results and ablations", True),
-    Stage("table2", "05_table2.ipynb", "Table 2: pre-training on top of a fusion model", True),
-    Stage("table3", "06_table3.ipynb", "Table 3: prompt designs", True),
-    Stage("fig3", "07_fig3_tsne.ipynb", "Fig 3: entity-object and relation-image t-SNE", True),
-    Stage("fig4", "08_fig4_tail.ipynb", "Fig 4: gains on tail relations and ORG/MISC", True),
-    Stage("fig5", "09_fig5_attention.ipynb", "Fig 5: attention case studies", True),
-    Stage("hvpnet", "10_hvpnet.ipynb", "HVPNeT: variants, low resource, cross-task, gates", True),
-    # not beside another notebook: it evaluates in two worker processes of its own
-    Stage("robustness", "11_robustness.ipynb", "Robustness: true, blank and wrong images"),
-    Stage("llm", "12_llm.ipynb", "LLM comparison (Fig 6): a chat model with vision", True),
-)
 PARALLEL_READERS = 2  # reader stages executed at once
 
 
@@ -73,8 +48,26 @@ class StageFailed(PromuError):
     pass
 
 
+def stages() -> list[Study]:
+    """Every stage, in order: the studies."""
+    return discover()
+
+
 def stage_names() -> list[str]:
-    return [s.name for s in STAGES]
+    return [s.name for s in stages()]
+
+
+def stage_jobs(cfg: Config, selected: list[Study] | None = None) -> dict[str, list]:
+    """{stage name: the jobs its notebook asks for at its default parameters}; stages that
+    train nothing are absent."""
+    per_stage = {s.name: s.jobs(cfg) for s in (stages() if selected is None else selected)}
+    return {name: jobs for name, jobs in per_stage.items() if jobs}
+
+
+def jobs_of(cfg: Config, names: list[str]) -> list:
+    """The jobs of the stages ``names``, each once, in stage order."""
+    per_stage = stage_jobs(cfg, [s for s in stages() if s.name in names])
+    return list(dict.fromkeys(job for jobs in per_stage.values() for job in jobs))
 
 
 def _library_hash() -> str:
@@ -86,11 +79,12 @@ def _library_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def _stage_key(stage: Stage, nb_path: Path, cfg: Config) -> str:
+def _stage_key(stage: Study, nb_path: Path, cfg: Config) -> str:
     h = hashlib.sha256()
     h.update(nb_path.read_bytes())
     h.update(config_hash(cfg).encode())
     h.update(_library_hash().encode())
+    h.update(stage.source.read_bytes())  # a study outside the package has its own source
     return h.hexdigest()[:16]
 
 
@@ -127,47 +121,55 @@ def render_html(notebook: Path, target: Path) -> Path:
     return atomic_write_text(target, body)
 
 
-def _failure_message(stage: Stage, err: Exception) -> str:
+def _failure_message(stage: Study, err: Exception) -> str:
     cell = getattr(err, "exec_count", None) or getattr(err, "cell_index", None)
     ename = getattr(err, "ename", type(err).__name__)
     evalue = getattr(err, "evalue", str(err))
     return (
-        f"stage '{stage.name}' failed in notebooks/{stage.notebook}, cell {cell}: {ename}: {evalue}"
+        f"stage '{stage.name}' failed in {_shown(stage.notebook)}, cell {cell}: {ename}: {evalue}"
     )
 
 
-def _notebook(stage: Stage) -> Path:
-    nb_path = paths.resolve("notebooks") / stage.notebook
+def _shown(path: Path) -> str:
+    """``notebooks/04_table1.ipynb`` for the project's notebooks, the full path otherwise."""
+    try:
+        return str(path.relative_to(paths.project_root()))
+    except ValueError:
+        return str(path)
+
+
+def _notebook(stage: Study) -> Path:
+    nb_path = stage.notebook
     if not nb_path.is_file():
         raise StageFailed(f"stage '{stage.name}': notebook {nb_path} is missing")
     return nb_path
 
 
-def cached_status(stage: Stage, cfg: Config, reports: Path) -> dict | None:
+def cached_status(stage: Study, cfg: Config, reports: Path) -> dict | None:
     """The stage's last status when it succeeded with the same key and its report exists."""
     key = _stage_key(stage, _notebook(stage), cfg)
     status_file = reports / "status" / f"{stage.name}.json"
-    if status_file.is_file() and (reports / f"{Path(stage.notebook).stem}.html").is_file():
+    if status_file.is_file() and (reports / f"{stage.notebook.stem}.html").is_file():
         prev = json.loads(status_file.read_text())
         if prev.get("key") == key and prev.get("status") == "ok":
             return prev
     return None
 
 
-def run_stage(stage: Stage, cfg: Config, config_file: Path, reports: Path, force: bool) -> dict:
+def run_stage(stage: Study, cfg: Config, config_file: Path, reports: Path, force: bool) -> dict:
     """Execute one stage notebook (or skip it when its key is unchanged) and render its report."""
     import papermill as pm
 
     nb_path = _notebook(stage)
     key = _stage_key(stage, nb_path, cfg)
-    executed = reports / "notebooks" / stage.notebook
-    report = reports / f"{Path(stage.notebook).stem}.html"
+    executed = reports / "notebooks" / stage.notebook.name
+    report = reports / f"{stage.notebook.stem}.html"
     status_file = reports / "status" / f"{stage.name}.json"
     prev = None if force else cached_status(stage, cfg, reports)
     if prev is not None:
         print(f"[promu] {stage.name}: unchanged, skipped ({prev['seconds']:.1f} s last time)")
         return {**prev, "skipped": True}
-    print(f"[promu] {stage.name}: running notebooks/{stage.notebook}", flush=True)
+    print(f"[promu] {stage.name}: running {_shown(stage.notebook)}", flush=True)
     t0 = time.perf_counter()
     executed.parent.mkdir(parents=True, exist_ok=True)
     error: Exception | None = None
@@ -191,7 +193,7 @@ def run_stage(stage: Stage, cfg: Config, config_file: Path, reports: Path, force
         render_html(executed, report)
     status = {
         "stage": stage.name,
-        "notebook": stage.notebook,
+        "notebook": stage.notebook.name,
         "title": stage.title,
         "status": "ok" if error is None else "failed",
         "seconds": seconds,
@@ -235,7 +237,7 @@ Generated {time.strftime("%Y-%m-%d %H:%M:%S")}; stage time this run {total:.1f} 
     return atomic_write_text(reports / "index.html", page)
 
 
-def _failed_status(stage: Stage, reports: Path, err: Exception) -> dict:
+def _failed_status(stage: Study, reports: Path, err: Exception) -> dict:
     status_file = reports / "status" / f"{stage.name}.json"
     if status_file.is_file():
         prev = json.loads(status_file.read_text())
@@ -251,17 +253,15 @@ def _failed_status(stage: Stage, reports: Path, err: Exception) -> dict:
     }
 
 
-def run_training_jobs(cfg: Config, config_file: Path, stages: list[Stage], reports: Path) -> dict:
-    """Train every job of ``stages`` in one pass (``promu_lib.plan``); a status like a stage's
+def run_training_jobs(cfg: Config, config_file: Path, stages: list[Study], reports: Path) -> dict:
+    """Train every job of ``stages`` in one pass (each study's ``jobs``); a status like a stage's
     (``status`` "failed" with the error when a job failed).
 
     The pass is a child process (``promu jobs``): this runner never imports torch, so the
     memory the pass held (~0.9 GB with torch) is returned before the notebooks run."""
     import subprocess
 
-    from promu_lib import plan
-
-    per_stage = plan.stage_jobs(cfg)
+    per_stage = stage_jobs(cfg, stages)
     names = [s.name for s in stages if per_stage.get(s.name)]
     print(f"[promu] jobs: training what {', '.join(names)} need, in one pass", flush=True)
     t0 = time.perf_counter()
@@ -271,7 +271,7 @@ def run_training_jobs(cfg: Config, config_file: Path, stages: list[Stage], repor
         "report": "",
         "status": "ok",
         "error": None,
-        "jobs": len(plan.jobs_of(cfg, names)),
+        "jobs": len(jobs_of(cfg, names)),
     }
     cmd = [sys.executable, "-m", "promu_lib.cli", "jobs", "--profile", cfg.profile]
     cmd += ["--config", str(config_file), *(a for n in names for a in ("--stage", n))]
@@ -286,9 +286,9 @@ def run_training_jobs(cfg: Config, config_file: Path, stages: list[Stage], repor
     return status
 
 
-def _groups(stages: list[Stage]) -> list[list[Stage]]:
+def _groups(stages: list[Study]) -> list[list[Study]]:
     """Consecutive reader stages together, every other stage alone."""
-    groups: list[list[Stage]] = []
+    groups: list[list[Study]] = []
     for stage in stages:
         if stage.reader and groups and groups[-1][-1].reader:
             groups[-1].append(stage)
@@ -305,18 +305,16 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from promu_lib import plan
-
     unknown = sorted(set(only or []) - set(stage_names()))
     if unknown:
         raise PromuError(f"unknown stage(s) {unknown}; stages are: {', '.join(stage_names())}")
     reports = paths.resolve(cfg.run.reports_dir)
     out = paths.resolve(cfg.output_root())
-    selected = [s for s in STAGES if not only or s.name in only]
+    selected = [s for s in stages() if not only or s.name in only]
     with run_lock(out), run_lock(reports):  # reports/ may be shared by profiles
         config_file = save_config(cfg, out / "config.yaml")
         pending = [s for s in selected if force or cached_status(s, cfg, reports) is None]
-        per_stage = plan.stage_jobs(cfg)
+        per_stage = stage_jobs(cfg, pending)
         training = [s for s in pending if per_stage.get(s.name)]
         statuses: list[dict] = []
         t0 = time.perf_counter()
@@ -359,11 +357,10 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
 
 
 def _jobs_command(args) -> int:
-    from promu_lib import experiments, plan
+    from promu_lib.jobs import run_jobs
 
     cfg = config_from_args(args)
-    jobs = plan.jobs_of(cfg, args.stage or stage_names())
-    experiments.run_jobs(cfg, jobs, progress=True)
+    run_jobs(cfg, jobs_of(cfg, args.stage or stage_names()), progress=True)
     return 0
 
 
@@ -407,11 +404,14 @@ def register(sub) -> None:
     j.set_defaults(func=_jobs_command)
 
     s = sub.add_parser("stages", help="list the stages and their notebooks")
-    s.set_defaults(
-        func=lambda a: print(
-            "\n".join(f"{x.name:12s} notebooks/{x.notebook}  {x.title}" for x in STAGES)
-        )
-    )
+    s.set_defaults(func=lambda a: print(_stage_list()))
+
+
+def _stage_list() -> str:
+    """One line per stage: its name, its notebook, its title."""
+    found = stages()
+    width = max(len(x.name) for x in found)
+    return "\n".join(f"{x.name:{width}s}  {_shown(x.notebook)}  {x.title}" for x in found)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ from promu_lib.config import Config, from_dict, load_config, save_config
 from promu_lib.data.datasets import ImageSource, NerDataset, ReDataset, collate
 from promu_lib.data.records import MNRE_RELATIONS, NER_TAGS, Box, NerPost, RePost, Span
 from promu_lib.errors import CheckpointError, DataError, PromuError
-from promu_lib.experiments import TEXT_ONLY
 from promu_lib.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from promu_lib.models.registry import model_spec
 from promu_lib.paths import resolve
 
 FORMAT = "promu-checkpoint/1"
@@ -284,7 +284,7 @@ class Predictor:
         self.task: str = manifest["task"]
         self.dataset: str = manifest["dataset"]
         self.model: str = manifest["model"]
-        self.uses_image = self.model not in TEXT_ONLY
+        self.uses_image = model_spec(self.model).sees_image
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -384,13 +384,13 @@ class Predictor:
     ) -> list[dict[str, Any]]:
         """One result per record: MNER ``{"id", "tokens", "tags", "entities"}``; MRE ``{"id",
         "tokens", "head", "tail", "relations": [{"relation", "probability"}] (top_k)}``."""
-        from promu_lib.notebook import progress as progress_iter
+        from promu_lib.progress import iterate
 
         base = resolve(base_dir)
         posts = [self._validate(r, i, base) for i, r in enumerate(records)]
         chunks = [posts[i : i + batch_size] for i in range(0, len(posts), batch_size)]
         if progress:
-            chunks = progress_iter(chunks, len(chunks), f"predict {len(posts)} posts")
+            chunks = iterate(chunks, len(chunks), f"predict {len(posts)} posts")
         out: list[dict[str, Any]] = []
         for chunk in chunks:
             out += self._predict_batch(chunk, top_k)

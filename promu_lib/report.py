@@ -465,38 +465,3 @@ def provenance(cfg: Config, data_dir: str | Path | None = None) -> dict[str, Any
 # ---------------------------------------------------------------------------------------------
 # Data overview tables (stage 00)
 # ---------------------------------------------------------------------------------------------
-
-
-def data_tables(check: Any, cfg: Config) -> tuple[Table, Table]:
-    """From a :class:`promu_lib.data.check.DataCheck`: posts per split beside the sizes the
-    PROMU paper gives (``data_sizes``), and entities per type / relations per label
-    (``data_labels``)."""
-    splits = ("train", "dev", "test")
-    common = {"digits": 0, "show_n": False}
-    sizes = Table.for_config(
-        cfg, "data_sizes", splits, title="Posts per split", paper_source="PROMU Sec. 5.1",
-        **common,
-    )  # fmt: skip
-    labels = Table.for_config(
-        cfg, "data_labels", splits, title="Entities per type (MNER) and relations per label (MRE)",
-        with_paper=False, **common,
-    )  # fmt: skip
-    by_dataset: dict[str, dict[str, Any]] = {}
-    for sc in check.splits:
-        by_dataset.setdefault(sc.dataset, {})[sc.split] = sc
-    for dataset, per_split in by_dataset.items():
-        measured, reasons = {}, {}
-        for split, sc in per_split.items():
-            if not sc.found:
-                reasons[split] = "file not found"
-            elif sc.error:
-                reasons[split] = "file invalid (see the data check)"
-            else:
-                measured[split] = sc.n_posts
-        paper = paper_value("promu", "datasets", dataset) or [None] * 3
-        sizes.add_row(dataset, measured, dict(zip(splits, paper)), reasons=reasons)
-        names = dict.fromkeys(n for sc in per_split.values() for n in sc.labels)
-        for name in names:
-            counts = {s: sc.labels.get(name, 0) for s, sc in per_split.items() if s in measured}
-            labels.add_row(f"{dataset} {name}", counts, reasons=reasons)
-    return sizes, labels

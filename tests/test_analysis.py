@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from promu_lib import analysis  # noqa: E402
+from promu_lib import analysis, plots  # noqa: E402
 from promu_lib.data.records import Box, NerPost, RePost, Span  # noqa: E402
 
 
@@ -91,13 +91,13 @@ def test_plot_helpers_draw_on_agg(ax):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)
     pts = rng.normal(size=(6, 2))
-    analysis.plot_tsne(pts, ["PER", "LOC"] * 3, "t-SNE", ax, kinds=["text"] * 3 + ["image"] * 3)
+    plots.plot_tsne(pts, ["PER", "LOC"] * 3, "t-SNE", ax, kinds=["text"] * 3 + ["image"] * 3)
     assert len(ax.collections) == 4 and ax.get_legend() is not None
     ax.clear()
     gains = analysis.f1_gains(
         {"/per/per/parent": 10, "b": 20}, {"/per/per/parent": 20, "b": 25}, ["/per/per/parent", "b"]
     )
-    analysis.plot_gains(gains, ax, "Fig 4", summary={"tail avg": 7.5, "all avg": 2.0})
+    plots.plot_gains(gains, ax, "Fig 4", summary={"tail avg": 7.5, "all avg": 2.0})
     assert [t.get_text() for t in ax.get_xticklabels()] == [
         "per/parent",
         "b",
@@ -105,22 +105,22 @@ def test_plot_helpers_draw_on_agg(ax):
         "all avg",
     ]
     ax.clear()
-    analysis.attention_overlay(img, rng.random(16), ax, "token 'Oscar'")
+    plots.attention_overlay(img, rng.random(16), ax, "token 'Oscar'")
     assert len(ax.images) == 2
     ax.clear()
     boxes = [Box(2, 2, 20, 20, 0.9, "person"), [25, 5, 40, 30, 1.0, "dog"]]
-    analysis.draw_boxes(img, boxes, None, ax, title="post", caption="a caption")
+    plots.draw_boxes(img, boxes, None, ax, title="post", caption="a caption")
     assert len(ax.patches) == 2 and [t.get_text() for t in ax.texts] == ["person"]
     with pytest.raises(ValueError, match="labels"):
-        analysis.draw_boxes(img, boxes, ["one"], ax)
+        plots.draw_boxes(img, boxes, ["one"], ax)
     ax.clear()
-    analysis.gate_heatmap(torch.rand(5, 4, 3), ax)
+    plots.gate_heatmap(torch.rand(5, 4, 3), ax)
     assert ax.images[0].get_array().shape == (4, 3)
     ax.clear()
-    analysis.low_resource_curve([0.1, 0.5, 1.0], {"HVPNeT": [[50, 52], [60, 61], [70]]}, ax)
+    plots.low_resource_curve([0.1, 0.5, 1.0], {"HVPNeT": [[50, 52], [60, 61], [70]]}, ax)
     assert len(ax.lines) == 1 and len(ax.collections) == 1
     ax.clear()
-    analysis.grouped_bars(
+    plots.grouped_bars(
         {"relevant": {"bert": 60, "promu": 70}, "irrelevant": {"bert": 58, "promu": 62}}, ax
     )
     assert len(ax.patches) == 4
@@ -132,10 +132,10 @@ def _tiny_data(root):
 
     from promu_lib.config import load_config
     from promu_lib.data.formats import write_boxes, write_mnre, write_rel2id, write_twitter
-    from promu_lib.notebook import data_layout
+    from promu_lib.data.layout import DataLayout
 
     cfg = load_config("tiny", overrides={"data.root": str(root)})
-    layout = data_layout(cfg)
+    layout = DataLayout.of(cfg)
     relations = ["None", "None", "None", "/per/per/parent", "/per/loc/place_of_birth"]
     for split in ("train", "dev", "test"):
         for ds in ("twitter2015", "twitter2017"):
@@ -162,10 +162,10 @@ def _tiny_data(root):
 
 def test_example_posts_figure_and_data_tables(tmp_path):
     from promu_lib.data.check import check_data
-    from promu_lib.report import data_tables
+    from promu_lib.studies.data import data_tables
 
     cfg, layout = _tiny_data(tmp_path / "data")
-    fig = analysis.example_posts_figure(layout, n_examples=3, seed=0)
+    fig = plots.example_posts_figure(layout, n_examples=3, seed=0)
     axes = fig.axes
     assert len(axes) == 9
     assert [len(ax.patches) for ax in axes[:2]] in ([1, 0], [0, 1])  # one post has a box

@@ -87,7 +87,7 @@ def test_build_tokenizer_from_data_is_cached_and_has_markers(tmp_path):
 def build_layout(cfg):
     from promu_lib.data.layout import DataLayout
 
-    return DataLayout(root=cfg.data_root(), data=cfg.data)
+    return DataLayout.of(cfg)
 
 
 def test_missing_tokenizer_sources_say_what_and_where(tmp_path):

@@ -198,3 +198,40 @@ def test_packed_padding_equals_the_padded_computation_with_gradients():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert Packing.of(torch.ones(2, 4, dtype=torch.bool)) is None
     assert Packing.of(real).index.tolist() == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+
+
+def test_encoder_config_is_the_text_config_plus_what_the_model_needs():
+    """One declaration of the text encoder's settings: ``EncoderConfig`` extends the config's
+    ``TextEncoderConfig`` and ``build_text_encoder`` copies it whole (no field list)."""
+    from dataclasses import fields
+
+    from promu_lib.config import TextEncoderConfig
+    from promu_lib.models.builders import build_text_encoder
+
+    class Tok:
+        pad_token_id = 3
+
+        def __len__(self) -> int:
+            return 21
+
+    text = TextEncoderConfig(
+        hidden_size=16, num_layers=3, num_heads=2, intermediate_size=20, max_position=33,
+        dropout=0.2, attention_dropout=0.3,
+    )  # fmt: skip
+    shared = [f.name for f in fields(TextEncoderConfig)]
+    assert shared == [f.name for f in fields(EncoderConfig)][: len(shared)]
+    ec = EncoderConfig.from_text_config(text, vocab_size=11, pad_token_id=1)
+    assert all(getattr(ec, k) == getattr(text, k) for k in shared if k != "vocab_size")
+    assert (ec.vocab_size, ec.pad_token_id, ec.layer_norm_eps, ec.hidden_act) == (
+        11, 1, 1e-12, "gelu",
+    )  # fmt: skip
+    enc = build_text_encoder(text, Tok())
+    assert enc.cfg == EncoderConfig.from_text_config(text, vocab_size=21, pad_token_id=3)
+    assert enc.embeddings.word.padding_idx == 3 and len(enc.stack.layers) == 3
+    assert list(enc.state_dict())[:5] == [
+        "embeddings.word.weight",
+        "embeddings.position.weight",
+        "embeddings.token_type.weight",
+        "embeddings.norm.weight",
+        "embeddings.norm.bias",
+    ]

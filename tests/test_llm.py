@@ -11,10 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from promu_lib import llm
+from promu_lib import chat
 from promu_lib.config import load_config
 from promu_lib.data.records import MNRE_RELATIONS, NerPost, RePost, Span
 from promu_lib.metrics import ner_scores
+from promu_lib.studies import llm as llm_study
 
 TOKENS = ["RT", "@fan", ":", "Ada", "Lovelace", "visits", "#Paris", "with", "Acme", "Corp", "."]
 
@@ -33,7 +34,7 @@ def test_messages_hold_instruction_two_demonstrations_and_the_query(image):
     demo1 = NerPost("d1", ("Bob", "in", "Rome"), ("B-PER", "O", "B-LOC"))
     demo2 = NerPost("d2", ("hello", "world"), ("O", "O"))
     post = NerPost("q", tuple(TOKENS), ("O",) * len(TOKENS))
-    msgs = llm.build_messages(post, image, [(demo1, image), (demo2, image)])
+    msgs = chat.build_messages(post, image, [(demo1, image), (demo2, image)])
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert "PER" in msgs[0]["content"] and "JSON" in msgs[0]["content"]
     assert json.loads(msgs[2]["content"]) == {
@@ -51,7 +52,7 @@ def test_re_prompt_names_the_entities_and_every_relation(image):
     post = RePost(("Ann", "and", "Bo", "wed"), Span("Ann", 0, 1), Span("Bo", 2, 3), "x.jpg", "None")
     demo = RePost(("Cy", "joins", "Acme"), Span("Cy", 0, 1), Span("Acme", 2, 3), "y.jpg",
                   "/per/org/member_of")  # fmt: skip
-    msgs = llm.build_messages(post, image, [(demo, image)])
+    msgs = chat.build_messages(post, image, [(demo, image)])
     assert all(r in msgs[0]["content"] for r in MNRE_RELATIONS)
     assert msgs[-1]["content"][0]["text"].endswith("Head entity: Ann\nTail entity: Bo")
     assert json.loads(msgs[2]["content"]) == {"relation": "/per/org/member_of"}
@@ -64,18 +65,18 @@ def test_demonstrations_are_fixed_by_the_data():
         NerPost("c", ("Bob", "Rome"), ("B-PER", "B-LOC")),
         NerPost("d", ("Acme", "Cup"), ("B-ORG", "B-MISC")),
     ]
-    assert llm.pick_demonstrations(ner) == [2, 3]
+    assert chat.pick_demonstrations(ner) == [2, 3]
     re_posts = [
         RePost(("a", "b"), Span("a", 0, 1), Span("b", 1, 2), "1", r)
         for r in ("None", "None", "/per/per/couple")
     ]
-    assert llm.pick_demonstrations(re_posts) == [2, 0]
+    assert chat.pick_demonstrations(re_posts) == [2, 0]
 
 
 def test_missing_image_is_a_clear_error(tmp_path):
     post = NerPost("q", ("a",), ("O",))
-    with pytest.raises(llm.DataError, match="image not found"):
-        llm.build_messages(post, tmp_path / "nope.jpg", [])
+    with pytest.raises(chat.DataError, match="image not found"):
+        chat.build_messages(post, tmp_path / "nope.jpg", [])
 
 
 # -- parsing MNER -----------------------------------------------------------------------------
@@ -146,24 +147,24 @@ JSON_ANSWER = json.dumps(
     ],
 )
 def test_parse_ner(answer, tags, outcome):
-    parsed = llm.parse_ner(answer, TOKENS)
+    parsed = chat.parse_ner(answer, TOKENS)
     assert (parsed.value, parsed.outcome) == (tags, outcome), parsed.problems
     assert len(parsed.value) == len(TOKENS)
 
 
 def test_invented_entity_is_dropped_and_reported():
-    parsed = llm.parse_ner('{"entities": [{"text": "Grace Hopper", "type": "PER"}]}', TOKENS)
+    parsed = chat.parse_ner('{"entities": [{"text": "Grace Hopper", "type": "PER"}]}', TOKENS)
     assert parsed.value == ["O"] * 11 and "not in the post" in parsed.problems[0]
 
 
 def test_a_repeated_entity_tags_its_next_occurrence():
     tokens = ["Rome", "loves", "Rome"]
     answer = '{"entities": [{"text": "Rome", "type": "LOC"}, {"text": "rome", "type": "LOC"}]}'
-    assert llm.parse_ner(answer, tokens).value == ["B-LOC", "O", "B-LOC"]
+    assert chat.parse_ner(answer, tokens).value == ["B-LOC", "O", "B-LOC"]
 
 
 def test_parsed_answers_score_like_every_other_row():
-    preds = [llm.parse_ner(JSON_ANSWER, TOKENS).value, llm.parse_ner("nonsense", TOKENS).value]
+    preds = [chat.parse_ner(JSON_ANSWER, TOKENS).value, chat.parse_ner("nonsense", TOKENS).value]
     assert ner_scores([GOLD, GOLD], preds)["f1"] == pytest.approx(100 * 2 * 0.5 / 1.5)
 
 
@@ -196,7 +197,7 @@ def test_parsed_answers_score_like_every_other_row():
     ],
 )
 def test_parse_re(answer, label, outcome):
-    parsed = llm.parse_re(answer)
+    parsed = chat.parse_re(answer)
     assert (parsed.value, parsed.outcome) == (label, outcome), parsed.problems
     assert parsed.value in MNRE_RELATIONS
 
@@ -273,7 +274,7 @@ MSGS = [{"role": "user", "content": "hello"}]
 def _client(server, tmp_path=None, **kw):
     sleeps = []
     kw.setdefault("timeout", 2.0)
-    client = llm.ChatClient(
+    client = chat.ChatClient(
         server.url, "test-model", "sk-test", cache_dir=tmp_path, sleep=sleeps.append, **kw
     )
     return client, sleeps
@@ -298,7 +299,7 @@ def test_500_then_success_is_retried_with_backoff(serve):
 def test_429_honours_retry_after_then_gives_up(serve):
     server = serve((429, {"error": "slow down"}, 0, {"Retry-After": "7"}))
     client, sleeps = _client(server, max_retries=2)
-    with pytest.raises(llm.LLMError, match="gave up after 3 attempts .HTTP 429"):
+    with pytest.raises(chat.LLMError, match="gave up after 3 attempts .HTTP 429"):
         client.complete(MSGS)
     assert len(server.bodies) == 3 and sleeps == [7.0, 7.0]
 
@@ -313,14 +314,14 @@ def test_timeout_is_retried(serve):
 def test_client_errors_are_not_retried(serve):
     server = serve((401, {"error": "bad key"}, 0, {}))
     client, _ = _client(server)
-    with pytest.raises(llm.LLMError, match="HTTP 401 .check the API key"):
+    with pytest.raises(chat.LLMError, match="HTTP 401 .check the API key"):
         client.complete(MSGS)
     assert client.requests == 1
 
 
 def test_a_reply_outside_the_chat_format_is_an_error(serve):
     client, _ = _client(serve((200, {"result": "hi"}, 0, {})))
-    with pytest.raises(llm.LLMError, match="not an OpenAI chat completion"):
+    with pytest.raises(chat.LLMError, match="not an OpenAI chat completion"):
         client.complete(MSGS)
 
 
@@ -343,10 +344,10 @@ def test_cache_hit_sends_no_second_request(serve, tmp_path):
 
 def test_default_config_makes_no_call_and_the_table_says_why():
     cfg = load_config("tiny")
-    reason = llm.skip_reason(cfg)
-    assert llm.ChatClient.from_config(cfg) is None and "llm.url is unset" in reason
+    reason = chat.skip_reason(cfg)
+    assert chat.ChatClient.from_config(cfg) is None and "llm.url is unset" in reason
     datasets = ["twitter2015", "twitter2017", "mnre"]
-    table = llm.llm_table(cfg, {}, datasets, reason)
+    table = llm_study.llm_table(cfg, {}, datasets, reason)
     (row,) = table.to_records()
     assert [row[d]["paper"] for d in datasets] == [41.45, 47.24, 36.82]
     assert all(row[d]["values"] == [] and row[d]["reason"] == reason for d in datasets)
@@ -358,5 +359,5 @@ def test_configured_client_reads_the_key_from_the_environment(monkeypatch):
         "tiny", overrides={"llm.url": "http://127.0.0.1:9/x", "llm.model": "m",
                            "llm.api_key_env": "MY_KEY"},
     )  # fmt: skip
-    client = llm.ChatClient.from_config(cfg)
+    client = chat.ChatClient.from_config(cfg)
     assert client.api_key == "sk-env" and client.cache_dir.name == "llm_cache"

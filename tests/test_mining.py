@@ -106,6 +106,33 @@ def test_soft_hard_and_confidence():
     assert hard3.shape == (2, 4, 5) and torch.all(hard3.sum(-1) == 1)
 
 
+def test_pseudo_label_tensors_apply_eq6_and_eq9_in_one_pure_step():
+    boxes = [[Box(0, 0, 5, 10, 0.9, "a"), Box(5, 5, 10, 10, 0.8, "b")], [], [Box(2, 0, 4, 2)]]
+    sizes = [(10, 10), (8, 8), (4, 2)]
+    g = torch.Generator().manual_seed(0)
+    sim = mining.Similarities(
+        rel=torch.randn(3, 5, generator=g),
+        ent=torch.randn(3, 4, generator=g),
+        where=torch.tensor([[0, 0], [0, 1], [2, 0]]),
+    )
+    t = mining.pseudo_label_tensors(sim, boxes, sizes, 3, 4, tau=0.5, min_confidence=0.6)
+    assert list(t) == [
+        "boxes", "object_mask", "q_ent", "ent_mask", "q_rel", "rel_mask", "image_size",
+    ]  # fmt: skip
+    assert t["object_mask"].tolist() == [[True, True, False], [False] * 3, [True, False, False]]
+    assert t["boxes"][2, 0].tolist() == [0.5, 0.0, 1.0, 1.0]
+    assert t["image_size"].tolist() == [[10, 10], [8, 8], [4, 2]]
+    assert torch.equal(t["q_ent"][2, 0], mining.soft_labels(sim.ent, 0.5)[2])
+    assert torch.all(t["q_ent"][~t["object_mask"]] == 0)
+    assert torch.equal(t["q_rel"], mining.soft_labels(sim.rel, 0.5))
+    assert torch.equal(t["rel_mask"], t["q_rel"].max(-1).values >= 0.6)
+    assert not t["ent_mask"][~t["object_mask"]].any()
+    # the mined files hold these tensors under the names PseudoLabels reads
+    from promu_lib.data.pseudo_labels import TENSORS, PseudoLabels
+
+    assert tuple(t) == TENSORS and mining.PseudoLabels is PseudoLabels
+
+
 # -- detectors ---------------------------------------------------------------------------------
 
 
@@ -261,7 +288,7 @@ def world(tmp_path_factory):
     )
     from promu_lib.data.layout import DataLayout
 
-    layout = DataLayout.from_config(cfg)
+    layout = DataLayout.of(cfg)
     pairs, boxes, truth = [], {}, {}
     phrasing = ["a {} beside a {}", "the {} and the {}", "a {} next to a {} today"]
     for k in range(36):

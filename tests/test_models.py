@@ -183,6 +183,45 @@ def test_hvpnet_variants_route_blocks_as_the_paper_defines():
     assert vp.gates.shape == (2, 3, 3, 4) and vp.mask.shape == (2, 3 * cfg.prompt_len)
 
 
+def test_registry_lists_every_model_once_with_its_variant():
+    from promu_lib.models import ModelSpec, model_spec, register
+    from promu_lib.models.hvpnet import VARIANTS
+
+    assert list(MODELS) == [
+        "bert", "hvpnet", "hvpnet-single", "hvpnet-flat", "hvpnet-1v3", "hvpnet-onlyobj", "promu",
+    ]  # fmt: skip
+    assert [n for n, s in MODELS.items() if not s.sees_image] == ["bert"]
+    assert all(s.name == n and s.tasks == ("ner", "re") and s.summary for n, s in MODELS.items())
+    variants = {n: s.variant for n, s in MODELS.items() if n.startswith("hvpnet-")}
+    assert set(variants.values()) <= set(VARIANTS) and variants["hvpnet-1v3"] == "1v3"
+    with pytest.raises(ValueError, match=r"unknown model 'gpt'; expected one of bert, hvpnet, "):
+        model_spec("gpt")
+    with pytest.raises(ValueError, match="already registered"):
+        register(model_spec("bert"))
+
+    cfg = small_cfg()
+    cfg.hvpnet.variant = "flat"  # read by "hvpnet" only; the variants carry their own
+    assert build_task_model(cfg, "re", "hvpnet", Tok()).backbone.visual.variant == "flat"
+    assert build_task_model(cfg, "re", "hvpnet-1v3", Tok()).backbone.visual.variant == "1v3"
+
+    def tiny_backbone(spec, cfg, tokenizer, text):
+        return model_spec("bert").build_backbone(spec, cfg, tokenizer, text)
+
+    spec = ModelSpec(
+        name="test-ner-only", sees_image=False, variant=None, build_backbone=tiny_backbone,
+        tasks=("ner",), summary="a contributed model",
+    )  # fmt: skip
+    try:
+        register(spec)
+        assert "test-ner-only" in MODELS and model_spec("test-ner-only") is spec
+        model = build_task_model(small_cfg(), "ner", "test-ner-only", Tok())
+        assert model(make_batch("ner"))["loss"].ndim == 0
+        with pytest.raises(ValueError, match="does not serve task 're'"):
+            build_task_model(small_cfg(), "re", "test-ner-only", Tok())
+    finally:
+        MODELS.pop("test-ner-only", None)
+
+
 def test_frozen_backbone_and_cached_pyramid_features():
     torch.manual_seed(0)
     cfg = small_cfg()

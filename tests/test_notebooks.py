@@ -9,6 +9,7 @@ import yaml
 
 from promu_lib import notebook
 from promu_lib.paths import project_root
+from promu_lib.studies import discover
 
 NOTEBOOKS = sorted((project_root() / "notebooks").glob("*.ipynb"))
 
@@ -25,20 +26,53 @@ def test_committed_notebook_is_clean(path):
     assert params["profile"] == "tiny" and params["config_file"] is None
 
 
-def test_every_notebook_is_a_stage_in_order_and_compiles():
-    from promu_lib.pipeline import STAGES
-
-    assert [s.notebook for s in STAGES] == [p.name for p in NOTEBOOKS]
+def test_every_notebook_is_a_study_in_order_and_compiles():
+    assert [s.notebook for s in discover()] == NOTEBOOKS
     for path in NOTEBOOKS:
         nb = nbformat.read(str(path), as_version=4)
         for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
             compile(cell.source, f"{path.name} code cell {i}", "exec")
-        assert "notebook.expect_outputs(" in nb.cells[-1].source, path.name
+        assert "notebook.expect_outputs(studies.products(" in nb.cells[-1].source, path.name
+
+
+PIPELINE_PARAMETERS = {"profile", "config_file", "force", "seeds"}
+
+
+@pytest.mark.parametrize("study", [s.name for s in discover()])
+def test_notebook_parameters_are_its_studys_defaults(study):
+    """The pipeline trains ``study.jobs(cfg)``; the notebook asks for
+    ``study.jobs(cfg, <its parameters>)``: the two agree because every other parameter of the
+    notebook is a keyword of the study's ``run`` (and ``jobs``) with the same default."""
+    import inspect
+
+    (s,) = [x for x in discover() if x.name == study]
+    params = notebook.notebook_parameters(s.notebook)
+    mine = {k: v for k, v in params.items() if k not in PIPELINE_PARAMETERS}
+    run = inspect.signature(s.module.run).parameters
+    defaults = {k: p.default for k, p in list(run.items())[3:]}  # after cfg, results, out_dir
+    assert set(mine) == set(defaults), s.notebook.name
+    for name, value in mine.items():
+        default = defaults[name]
+        assert value == (list(default) if isinstance(default, tuple) else default), name
+    if hasattr(s.module, "jobs"):
+        for name, p in list(inspect.signature(s.module.jobs).parameters.items())[1:]:
+            assert name in defaults and p.default == defaults[name], (study, name)
 
 
 def _write(path, cells, **cell_changes):
-    path = notebook.write_notebook(path, cells)
-    nb = nbformat.read(str(path), as_version=4)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    for kind, source in cells:
+        if kind == "markdown":
+            nb.cells.append(nbformat.v4.new_markdown_cell(source))
+        else:
+            nb.cells.append(nbformat.v4.new_code_cell(source))
+            if kind == "parameters":
+                nb.cells[-1].metadata["tags"] = ["parameters"]
     for i, change in cell_changes.items():
         nb.cells[int(i[1:])].update(change)
     nbformat.write(nb, str(path))
@@ -114,19 +148,16 @@ def test_progress_policy(monkeypatch, capsys):
 
 
 def test_batch_executor_is_found_by_program_name(monkeypatch):
-    monkeypatch.setattr(
-        notebook,
-        "_parent_argv",
-        lambda: ["/x/promu/.venv/bin/python", "/x/promu/.venv/bin/jupyter-lab"],
-    )
+    from promu_lib import progress
+
+    def parent(*argv):
+        monkeypatch.setattr(progress, "_parent_argv", lambda: list(argv))
+
+    parent("/x/promu/.venv/bin/python", "/x/promu/.venv/bin/jupyter-lab")
     assert not notebook.under_batch_executor()  # a checkout called "promu" is not a batch run
-    monkeypatch.setattr(
-        notebook,
-        "_parent_argv",
-        lambda: ["/x/.venv/bin/python", "/x/.venv/bin/papermill", "a.ipynb"],
-    )
+    parent("/x/.venv/bin/python", "/x/.venv/bin/papermill", "a.ipynb")
     assert notebook.under_batch_executor()
-    monkeypatch.setattr(notebook, "_parent_argv", lambda: ["python", "-m", "pytest", "-q"])
+    parent("python", "-m", "pytest", "-q")
     assert notebook.under_batch_executor()
 
 

@@ -1,20 +1,28 @@
 """The stage runner: one training pass before the stages that need it, readers two at a time,
-a failure stops the run; and the plan of every stage's jobs."""
+a failure stops the run; the plan of every stage's jobs is its study's ``jobs``."""
 
 from __future__ import annotations
 
-import ast
 import json
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from promu_lib import pipeline, plan
+from promu_lib import pipeline
 from promu_lib.config import profile_config
-from promu_lib.experiments import TABLE1_ROWS, Finetune, Pretrain
-from promu_lib.paths import project_root
-from promu_lib.pipeline import Stage
+from promu_lib.jobs import Finetune, Pretrain
+from promu_lib.studies import Study, table1
+
+
+def Stage(name, notebook, title, reader=False, jobs=()):  # noqa: N802 (reads like a class)
+    """A study module stand-in: a notebook, a title, and the jobs it trains."""
+    module = SimpleNamespace(
+        NOTEBOOK=notebook, TITLE=title, READER=reader, jobs=lambda cfg: list(jobs),
+        __file__=__file__, TABLES=(), FIGURES=(),
+    )  # fmt: skip
+    return Study(name, module)
 
 
 def _cfg(tmp_path: Path):
@@ -28,21 +36,21 @@ def test_readers_are_grouped_and_every_other_stage_runs_alone():
     a, b = Stage("a", "a.ipynb", "A"), Stage("b", "b.ipynb", "B")
     r1, r2, r3 = (Stage(f"r{i}", f"r{i}.ipynb", "R", reader=True) for i in (1, 2, 3))
     assert pipeline._groups([a, r1, r2, b, r3]) == [[a], [r1, r2], [b], [r3]]
-    assert [s.name for s in pipeline.STAGES if s.reader][0] == "table1"
-    assert not any(s.reader for s in pipeline.STAGES[:4])  # data, mining, pretrain, finetune
+    stages = pipeline.stages()
+    assert [s.name for s in stages if s.reader][0] == "table1"
+    assert not any(s.reader for s in stages[:4])  # data, mining, pretrain, finetune
 
 
 def _fake_stages(monkeypatch, tmp_path, behaviour):
-    """STAGES = two plain stages, then three readers; run_stage follows ``behaviour``."""
-    stages = (
+    """Two plain stages, then three readers; run_stage follows ``behaviour``."""
+    planned = {"train": [Pretrain("promu")], "r1": [Pretrain("hard")], "r3": [Pretrain("promu")]}
+    stages = [
         Stage("first", "first.ipynb", "First"),
-        Stage("train", "train.ipynb", "Train"),
-        *(Stage(n, f"{n}.ipynb", n, reader=True) for n in ("r1", "r2", "r3")),
-    )
-    monkeypatch.setattr(pipeline, "STAGES", stages)
+        Stage("train", "train.ipynb", "Train", jobs=planned["train"]),
+        *(Stage(n, f"{n}.ipynb", n, True, planned.get(n, ())) for n in ("r1", "r2", "r3")),
+    ]
+    monkeypatch.setattr(pipeline, "stages", lambda: stages)
     monkeypatch.setattr(pipeline, "cached_status", lambda stage, cfg, reports: None)
-    jobs = {"train": [Pretrain("promu")], "r1": [Pretrain("hard")], "r3": [Pretrain("promu")]}
-    monkeypatch.setattr(plan, "stage_jobs", lambda cfg: jobs)
     calls: list[tuple[str, object]] = []
 
     def fake_jobs(cfg, config_file, stages, reports):
@@ -116,7 +124,7 @@ def test_the_training_pass_is_a_promu_jobs_child_process(monkeypatch, tmp_path):
         return subprocess.CompletedProcess(cmd, 3)
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    stages = [s for s in pipeline.STAGES if s.name in ("data", "pretrain", "table3")]
+    stages = [s for s in pipeline.stages() if s.name in ("data", "pretrain", "table3")]
     cfg = _cfg(tmp_path)
     status = pipeline.run_training_jobs(cfg, tmp_path / "c.yaml", stages, tmp_path / "reports")
     cmd = seen[0]
@@ -124,19 +132,20 @@ def test_the_training_pass_is_a_promu_jobs_child_process(monkeypatch, tmp_path):
     assert cmd[cmd.index("--config") + 1] == str(tmp_path / "c.yaml")
     assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--stage"] == ["pretrain", "table3"]
     assert status["status"] == "failed" and "exited with 3" in status["error"]
-    assert status["jobs"] == len(plan.jobs_of(cfg, ["pretrain", "table3"]))
+    assert status["jobs"] == len(pipeline.jobs_of(cfg, ["pretrain", "table3"]))
     saved = json.loads((tmp_path / "reports" / "status" / "jobs.json").read_text())
     assert saved["status"] == "failed"
 
 
 def test_promu_jobs_runs_the_planned_jobs_of_its_stages(monkeypatch):
-    from promu_lib import experiments
+    from promu_lib import jobs
     from promu_lib.cli import main
 
     ran = []
-    monkeypatch.setattr(experiments, "run_jobs", lambda cfg, jobs, progress: ran.append(jobs))
+    monkeypatch.setattr(jobs, "run_jobs", lambda cfg, jobs, progress: ran.append(jobs))
     assert main(["jobs", "--stage", "table3", "--set", "run.seeds=[3]"]) == 0
-    assert ran[0] == plan.jobs_of(profile_config("tiny").replace(**{"run.seeds": [3]}), ["table3"])
+    cfg = profile_config("tiny").replace(**{"run.seeds": [3]})
+    assert ran[0] == pipeline.jobs_of(cfg, ["table3"]) == studies_table3_jobs(cfg)
     assert all(job.seed == 3 for job in ran[0])
 
 
@@ -161,13 +170,8 @@ def test_two_reader_notebooks_execute_at_once_under_papermill(monkeypatch, tmp_p
     nbs.mkdir()
     for name in ("r1", "r2"):
         _notebook(nbs / f"{name}.ipynb", name)
-    stages = tuple(Stage(n, f"{n}.ipynb", n, reader=True) for n in ("r1", "r2"))
-    monkeypatch.setattr(pipeline, "STAGES", stages)
-    monkeypatch.setattr(plan, "stage_jobs", lambda cfg: {})
-    real_resolve = pipeline.paths.resolve
-    monkeypatch.setattr(
-        pipeline.paths, "resolve", lambda p: nbs if p == "notebooks" else real_resolve(p)
-    )
+    stages = [Stage(n, str(nbs / f"{n}.ipynb"), n, reader=True) for n in ("r1", "r2")]
+    monkeypatch.setattr(pipeline, "stages", lambda: stages)
     assert pipeline.run_pipeline(_cfg(tmp_path)) == 0
     reports = tmp_path / "reports"
     starts = []
@@ -183,38 +187,30 @@ def test_two_reader_notebooks_execute_at_once_under_papermill(monkeypatch, tmp_p
 # -- the plan ----------------------------------------------------------------------------------
 
 
-def _parameter(notebook: str, name: str):
-    nb = json.loads((project_root() / "notebooks" / notebook).read_text())
-    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
-    tree = ast.parse("".join(cell["source"]))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and node.targets[0].id == name:
-            return ast.literal_eval(node.value)
-    raise KeyError(name)
+def studies_table3_jobs(cfg):
+    from promu_lib.studies import table3
+
+    return table3.jobs(cfg)
 
 
-def test_the_plan_matches_the_notebooks_defaults():
-    """What the pipeline pre-trains is what stage 02 asks for; every planned stage exists."""
-    assert tuple(_parameter("02_pretrain.ipynb", "variants")) == plan.PRETRAIN_STAGE_VARIANTS
-    for notebook in (
-        "04_table1.ipynb",
-        "06_table3.ipynb",
-        "10_hvpnet.ipynb",
-        "11_robustness.ipynb",
-    ):
-        assert _parameter(notebook, "datasets") is None  # the profile's scope, as the plan
+def test_the_plan_is_each_studys_jobs():
+    """What the pipeline trains for a stage is its study's ``jobs(cfg)``: what the notebook asks
+    for at its default parameters (tests/test_notebooks.py checks the defaults agree)."""
     cfg = profile_config("tiny")
-    jobs = plan.stage_jobs(cfg)
+    jobs = pipeline.stage_jobs(cfg)
     assert set(jobs) <= set(pipeline.stage_names())
-    table1 = [r.job(d, 0) for r in TABLE1_ROWS for d in cfg.scope.datasets]
-    assert jobs["finetune"] == table1 == jobs["table1"]
-    assert set(jobs["fig3"]) | set(jobs["fig4"]) | set(jobs["fig5"]) <= set(table1)
+    assert {"data", "mining", "llm"}.isdisjoint(jobs)  # stages that train nothing
+    expected = [r.job(d, 0) for r in table1.ROWS for d in cfg.scope.datasets]
+    assert jobs["finetune"] == expected == jobs["table1"] == table1.jobs(cfg)
+    assert set(jobs["fig3_tsne"]) | set(jobs["fig4_tail"]) | set(jobs["fig5_attention"]) <= set(
+        expected
+    )
     assert Finetune("mnre", "hvpnet-single") in jobs["hvpnet"]
     templates = {j.init for j in jobs["table3"]}
     assert len(templates) == 6 and Pretrain("promu") in templates  # 2 x 3 prompt pairs
-    every = plan.jobs_of(cfg, pipeline.stage_names())
+    every = pipeline.jobs_of(cfg, pipeline.stage_names())
     assert len(every) == len(set(every))
-    assert plan.jobs_of(cfg, ["data", "llm"]) == []
+    assert pipeline.jobs_of(cfg, ["data", "llm"]) == []
 
 
 def test_the_runner_does_not_load_torch():
@@ -225,13 +221,104 @@ def test_the_runner_does_not_load_torch():
 
     code = (
         "import sys\n"
-        "from promu_lib import pipeline, plan\n"
+        "from promu_lib import pipeline\n"
         "from promu_lib.config import profile_config\n"
         "cfg = profile_config('tiny')\n"
-        "plan.jobs_of(cfg, pipeline.stage_names())\n"
+        "pipeline.jobs_of(cfg, pipeline.stage_names())\n"
         "assert pipeline.main(['--only', 'bogus']) == 2\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert "unknown stage(s) ['bogus']" in out.stderr
+
+
+# -- a new study: one module and one notebook, nothing else ------------------------------------
+
+TOY_STUDY = '''"""A toy "Table 4": the text-only model on Twitter-2015, one row, one table."""
+
+from promu_lib.jobs import Finetune
+from promu_lib.report import Table
+from promu_lib.studies.common import Outputs, per_seed
+
+NOTEBOOK = __file__.replace(".py", ".ipynb")
+TITLE = "Table 4: a toy study"
+READER = True
+TABLES = ("table4",)
+FIGURES = ()
+
+
+def jobs(cfg, dataset="twitter2015"):
+    return [Finetune(dataset, "bert", seed=s) for s in cfg.run.seeds]
+
+
+def run(cfg, results, out_dir, dataset="twitter2015"):
+    out = Outputs.start(cfg, out_dir)
+    table = Table.for_config(cfg, "table4", [dataset], title="Toy study: test F1")
+    table.add_row("text only", {dataset: per_seed(results, jobs(cfg, dataset))})
+    out.table(table)
+    return out
+'''
+
+TOY_NOTEBOOK_CELLS = [
+    ("parameters", 'profile = "tiny"\nconfig_file = None\nforce = False\ndataset = "twitter2015"'),
+    (
+        "code",
+        "from promu_lib import notebook, studies\n"
+        "from promu_lib.jobs import run_jobs\n"
+        "import toy_table4\n"
+        "cfg = notebook.setup(profile, config_file)\n"
+        "figures = notebook.figures_dir(cfg)\n"
+        "results = run_jobs(cfg, toy_table4.jobs(cfg, dataset))\n"
+        "out = toy_table4.run(cfg, results, figures, dataset)\n"
+        "notebook.expect_outputs(studies.products(toy_table4, figures))",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_a_new_study_is_one_module_and_one_notebook(monkeypatch, tmp_path):
+    """A study outside the package, named in $PROMU_STUDIES, is a stage: the pipeline trains its
+    jobs in the training pass (a child process), runs its notebook and writes its table."""
+    import warnings
+
+    import nbformat
+    from worlds import toy_cfg
+
+    from promu_lib.data.toyworld import build_toy_world
+
+    (tmp_path / "toy_table4.py").write_text(TOY_STUDY)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    for kind, source in TOY_NOTEBOOK_CELLS:
+        nb.cells.append(nbformat.v4.new_code_cell(source))
+        if kind == "parameters":
+            nb.cells[-1].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, str(tmp_path / "toy_table4.ipynb"))
+    monkeypatch.setenv("PROMU_STUDIES", "toy_table4")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = toy_cfg(
+        tmp_path,
+        **{
+            "finetune.epochs": 1,
+            "run.figures_dir": str(tmp_path / "figures"),
+            "run.reports_dir": str(tmp_path / "reports"),
+        },
+    )
+    build_toy_world(cfg, progress=False)
+    assert "toy_table4" in pipeline.stage_names()
+    assert pipeline.stage_jobs(cfg)["toy_table4"] == [Finetune("twitter2015", "bert", seed=0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pipeline.run_pipeline(cfg, only=["toy_table4"]) == 0
+    table = (tmp_path / "figures" / "table4.md").read_text()
+    assert "| text only |" in table and "toy-world numbers" in table
+    assert (tmp_path / "reports" / "toy_table4.html").is_file()
+    status = json.loads((tmp_path / "reports" / "status" / "jobs.json").read_text())
+    assert status["status"] == "ok" and status["jobs"] == 1

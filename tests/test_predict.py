@@ -14,13 +14,13 @@ from torchcrf import CRF
 from worlds import toy_cfg, world
 
 from promu_lib import predict as pr
+from promu_lib.chat import bio_spans
 from promu_lib.cli import main
 from promu_lib.data.formats import read_boxes, read_mnre, read_twitter
 from promu_lib.data.layout import DataLayout
 from promu_lib.data.toyworld import build_toy_world
 from promu_lib.errors import CheckpointError
 from promu_lib.guards import CollapseWarning
-from promu_lib.llm import bio_spans
 from promu_lib.train.finetune import finetune
 
 torch.set_num_threads(1)
@@ -45,7 +45,7 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict")
     cfg = micro_cfg(tmp)
     build_toy_world(cfg, progress=False)
-    layout = DataLayout(root=cfg.data_root(), data=cfg.data)
+    layout = DataLayout.of(cfg)
     ckpts = {}
     with quiet():
         for dataset, model in (("twitter2015", "hvpnet"), ("mnre", "promu")):
@@ -101,7 +101,7 @@ def test_checkpoint_is_complete_and_predicts_what_the_run_predicted(world):
 def test_a_moved_checkpoint_needs_no_data_directory(tmp_path):
     cfg = micro_cfg(tmp_path)
     build_toy_world(cfg, progress=False)
-    layout = DataLayout(root=cfg.data_root(), data=cfg.data)
+    layout = DataLayout.of(cfg)
     with quiet():
         finetune(cfg, "twitter2015", "hvpnet", out_dir=tmp_path / "run")
     pr.export_checkpoint(tmp_path / "run", tmp_path / "ckpt")

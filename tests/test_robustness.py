@@ -9,10 +9,12 @@ import pytest
 import torch
 from worlds import toy_cfg, world
 
-from promu_lib import robustness as rb
+from promu_lib import plots
 from promu_lib.data.toyworld import build_toy_world, read_truth
-from promu_lib.experiments import TABLE1_ROWS, Row
 from promu_lib.guards import CollapseWarning
+from promu_lib.studies import robustness as rb
+from promu_lib.studies.common import Row
+from promu_lib.studies.table1 import ROWS as TABLE1_ROWS
 
 torch.set_num_threads(1)
 
@@ -105,7 +107,7 @@ def test_table_sentences_and_figure_from_numbers(evaluated):
     assert "another post's image costs +6.00 F1" in lines[1]  # (2 + 10) / 2
     assert "score 46.00 F1 on average against 66.50" in lines[2]  # mean of (42, 50); (62, 71)
     assert "HVPNeT loses +2.00 F1" in lines[3] and "smaller loss" in lines[3]
-    fig = rb.robustness_figure(results, rows, ["twitter2015"])
+    fig = plots.robustness_figure(rb.figure_panels(results, rows, ["twitter2015"]))
     assert len(fig.axes) == 2 and len(fig.axes[0].patches) == 2 * len(rb.MODES)
 
 

@@ -1,7 +1,8 @@
 """Training utilities (checkpoints, resume, guards, schedule) and the fine-tuning entry point.
 
 The fine-tuning loop is exercised with a tiny model that follows the task-model contract
-(``forward``/``decode``/``param_groups``), and with the real ``bert`` model when it exists.
+(``forward``/``decode``/``param_groups``, and ``prediction_row``/``score`` from the task's
+outputs class), and with the real ``bert`` model when it exists.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class TinyTaskModel(nn.Module):
     def __init__(self, task: str, vocab: int, dim: int = 32) -> None:
         super().__init__()
         from promu_lib.models.heads import CrfTagger, MarkerClassifier
+        from promu_lib.models.task import NerOutputs, ReOutputs
 
         self.task = task
+        self.outputs = NerOutputs() if task == "ner" else ReOutputs()
         self.backbone = nn.ModuleDict(
             {
                 "emb": nn.Embedding(vocab, dim),
@@ -84,6 +87,12 @@ class TinyTaskModel(nn.Module):
                 self.head.emissions(h, batch["word_starts"]), batch["word_mask"]
             )
         return self.head(h, batch["head_start"], batch["tail_start"]).argmax(-1)
+
+    def prediction_row(self, post, gold, decoded, post_id):
+        return self.outputs.prediction_row(post, gold, decoded, post_id)
+
+    def score(self, golds, preds):
+        return self.outputs.score(golds, preds)
 
     def param_groups(self, lr, head_lr, weight_decay):
         return [
@@ -369,6 +378,42 @@ def test_finetune_stops_on_non_finite_loss(data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "build_model", lambda cfg, task, model, tok: Broken(task, len(tok)))
     with pytest.raises(NonFiniteLossError, match=r"at step 0 on the batch of posts t\d+@L\d+"):
         ft.finetune(tiny_cfg(data_root), "twitter2015", "bert", out_dir=tmp_path / "x")
+
+
+def test_task_outputs_make_the_rows_and_scores_evaluate_writes():
+    from promu_lib.models.task import NerOutputs, ReOutputs
+
+    post = NerPost("t0", ("Alice", "in", "Paris"), ("B-PER", "O", "B-LOC"))
+    gold = list(post.labels)
+    row = NerOutputs().prediction_row(post, gold, [NER_TAGS.index("B-PER")], "t0@L1")
+    assert row == {
+        "id": "t0@L1",
+        "tokens": ["Alice", "in", "Paris"],
+        "gold": gold,
+        "pred": ["B-PER", "O", "O"],  # words cut off by max_len count as O
+    }
+    with pytest.raises(ValueError, match="t0@L1: 4 tags for 3 words"):
+        NerOutputs().prediction_row(post, gold, [0, 0, 0, 0], "t0@L1")
+    assert NerOutputs().score([gold], [row["pred"]])["recall"] == pytest.approx(50.0)
+
+    rel = "/per/per/peer"
+    re_post = RePost(("bob", "met", "alice"), Span("bob", 0, 1), Span("alice", 2, 3), "m.jpg", rel)
+    decoded = torch.tensor(MNRE_RELATIONS.index(rel))
+    row = ReOutputs().prediction_row(re_post, rel, decoded, "m0")
+    assert list(row) == ["id", "tokens", "head", "tail", "gold", "pred"]
+    assert row["head"] == [0, 1] and row["tail"] == [2, 3] and row["pred"] == rel
+    assert ReOutputs().score([rel, "None"], [rel, rel])["precision"] == pytest.approx(50.0)
+
+
+def test_finetune_rejects_unknown_names_before_any_work(data_root, tmp_path):
+    cfg = tiny_cfg(data_root)
+    with pytest.raises(ValueError, match=r"unknown model 'gpt'; expected one of bert, hvpnet"):
+        ft.finetune(cfg, "twitter2015", "gpt", out_dir=tmp_path / "x")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        ft.finetune(cfg, "twitter2019", "bert", out_dir=tmp_path / "x")
+    with pytest.raises(ValueError, match="unknown image_mode"):
+        ft.finetune(cfg, "mnre", "bert", out_dir=tmp_path / "x", image_mode="noisy")
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_parses_finetune():

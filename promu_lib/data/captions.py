@@ -21,7 +21,7 @@ from promu_lib.data.datasets import normalize, to_pixels
 from promu_lib.data.formats import read_captions
 from promu_lib.data.images import ImageLoader, safe_join
 from promu_lib.data.layout import DataLayout
-from promu_lib.mining import PseudoLabels, harden
+from promu_lib.data.pseudo_labels import PseudoLabels, harden
 
 
 class CaptionDataset(Dataset):
@@ -38,7 +38,7 @@ class CaptionDataset(Dataset):
         soft: bool = True,
         progress: bool = True,
     ) -> None:
-        layout = DataLayout.from_config(cfg)
+        layout = DataLayout.of(cfg)
         source = layout.captions()
         self.pairs = read_captions(source)
         self.pad_id = tokenizer.pad_token_id or 0

@@ -40,9 +40,9 @@ from promu_lib.data import pixel_cache
 from promu_lib.data.formats import read_boxes, read_mnre, read_twitter
 from promu_lib.data.images import ImageLoader, clip_box, crop, safe_join
 from promu_lib.data.layout import DataLayout
+from promu_lib.data.pixel_cache import Visual
 from promu_lib.data.records import MNRE_REL2ID, NER_TAG2ID, RE_MARKERS, Box, NerPost, RePost
 from promu_lib.errors import DataError, MissingAssetError
-from promu_lib.paths import resolve
 
 log = logging.getLogger(__name__)
 _warned: set[tuple] = set()
@@ -221,37 +221,6 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (pixels.float() / 255.0 - mean) / std
-
-
-@dataclass
-class Visual:
-    """One post's image inputs before normalisation (uint8 pixels)."""
-
-    image: torch.Tensor  # (3, S, S) uint8
-    objects: torch.Tensor  # (m, 3, S, S) uint8
-    object_mask: torch.Tensor  # (m,) bool
-    boxes: torch.Tensor  # (m, 4) float in [0, 1]
-    present: bool  # False = blank (normalises to zeros, no objects)
-
-    @classmethod
-    def blank(cls, size: int, m: int) -> Visual:
-        return cls(
-            torch.zeros(3, size, size, dtype=torch.uint8),
-            torch.zeros(m, 3, size, size, dtype=torch.uint8),
-            torch.zeros(m, dtype=torch.bool),
-            torch.zeros(m, 4),
-            False,
-        )
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """An item's image tensors, still uint8: :func:`collate` normalises whole batches."""
-        return {
-            "image": self.image,
-            "image_present": torch.tensor(self.present),
-            "objects": self.objects,
-            "object_mask": self.object_mask,
-            "boxes": self.boxes,
-        }
 
 
 @dataclass
@@ -530,7 +499,7 @@ def load_split(
     ``fraction < 1`` keeps that share of the posts, drawn WITHOUT replacement from ``seed``
     (the reference draws with replacement), in file order.
     """
-    layout = layout or DataLayout(root=resolve(cfg.data_root()), data=cfg.data)
+    layout = layout or DataLayout.of(cfg)
     d = cfg.data
     path = layout.split_file(dataset, split)
     if not path.is_file():

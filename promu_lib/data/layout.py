@@ -12,7 +12,8 @@ their names were accidents::
     <root>/truth/<dataset>_<split>.jsonl           toy world only: what the generator knows
 
 Every directory name comes from :class:`promu_lib.config.DataConfig`, so a real download in
-another layout is pointed to by config, never by moving files.
+another layout is pointed to by config, never by moving files. ``DataLayout.of(cfg)`` is the
+layout of a config's data directory.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class DataLayout:
     data: DataConfig
 
     @classmethod
-    def from_config(cls, cfg: Config) -> DataLayout:
+    def of(cls, cfg: Config) -> DataLayout:
+        """The layout of ``cfg``'s data directory (resolved against the project root)."""
         return cls(root=cfg.data_root(), data=cfg.data)
 
     # -- MNER ---------------------------------------------------------------------------------

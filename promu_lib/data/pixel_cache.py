@@ -8,6 +8,9 @@ in milliseconds. The key hashes everything the pixels depend on: the image setti
 boxes file, and each image file's name, size and modification time, so replacing an image
 file gives a new key. Missing images and bad boxes (when the config tolerates them) are
 recorded with the pixels, so their counts and warnings stay the same on a cached read.
+
+:class:`Visual` (one post's pixels) lives here, below ``promu_lib.data.datasets``, which makes
+them from an ``ImageSource`` (this module reads only the attributes :class:`Source` names).
 """
 
 from __future__ import annotations
@@ -15,18 +18,62 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
 from promu_lib.io import atomic_open
 
-if TYPE_CHECKING:
-    from promu_lib.data.datasets import ImageSource, Visual
-
 VERSION = 1  # bump when the pixels of the same inputs change (transform, crop rules)
 _TENSORS = ("image", "objects", "object_mask", "boxes", "present")
+
+
+@dataclass
+class Visual:
+    """One post's image inputs before normalisation (uint8 pixels)."""
+
+    image: torch.Tensor  # (3, S, S) uint8
+    objects: torch.Tensor  # (m, 3, S, S) uint8
+    object_mask: torch.Tensor  # (m,) bool
+    boxes: torch.Tensor  # (m, 4) float in [0, 1]
+    present: bool  # False = blank (normalises to zeros, no objects)
+
+    @classmethod
+    def blank(cls, size: int, m: int) -> Visual:
+        return cls(
+            torch.zeros(3, size, size, dtype=torch.uint8),
+            torch.zeros(m, 3, size, size, dtype=torch.uint8),
+            torch.zeros(m, dtype=torch.bool),
+            torch.zeros(m, 4),
+            False,
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """An item's image tensors, still uint8: ``datasets.collate`` normalises whole batches."""
+        return {
+            "image": self.image,
+            "image_present": torch.tensor(self.present),
+            "objects": self.objects,
+            "object_mask": self.object_mask,
+            "boxes": self.boxes,
+        }
+
+
+class Source(Protocol):
+    """What the cache reads of a ``promu_lib.data.datasets.ImageSource``."""
+
+    image_dir: Path
+    size: int
+    max_objects: int
+    transform: str
+    suffix: str
+    on_missing: str
+    on_bad_box: str
+    boxes_path: Path | None
+    loader: Any  # ImageLoader: its ``blanks`` are saved and restored
+    bad_boxes: int
 
 
 def _stat(path: Path) -> list:
@@ -37,7 +84,7 @@ def _stat(path: Path) -> list:
         return [path.name, None, None]  # missing: part of the key too
 
 
-def cache_key(source: ImageSource, img_ids: Sequence[str]) -> str:
+def cache_key(source: Source, img_ids: Sequence[str]) -> str:
     """A hash of what the pixels of these images depend on (cheap: no file is read)."""
     h = hashlib.sha256()
     settings = {
@@ -56,7 +103,7 @@ def cache_key(source: ImageSource, img_ids: Sequence[str]) -> str:
     return h.hexdigest()[:20]
 
 
-def save(path: Path, visuals: Sequence[Visual], source: ImageSource) -> None:
+def save(path: Path, visuals: Sequence[Visual], source: Source) -> None:
     from safetensors.torch import save
 
     tensors = {
@@ -72,11 +119,9 @@ def save(path: Path, visuals: Sequence[Visual], source: ImageSource) -> None:
         f.write(save(tensors, metadata=meta))
 
 
-def load(path: Path, source: ImageSource) -> list[Visual] | None:
+def load(path: Path, source: Source) -> list[Visual] | None:
     """The cached visuals, or None when the file is missing or unreadable (then rebuilt)."""
     from safetensors import safe_open
-
-    from promu_lib.data.datasets import Visual
 
     try:
         with safe_open(str(path), framework="pt") as f:

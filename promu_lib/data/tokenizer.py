@@ -43,7 +43,7 @@ _BASE_CHARS = string.ascii_lowercase + string.digits + string.punctuation
 
 def build_tokenizer(cfg: Config, layout: DataLayout | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of ``cfg.text.pretrained`` with the RE markers added as special tokens."""
-    layout = layout or DataLayout(root=resolve(cfg.data_root()), data=cfg.data)
+    layout = layout or DataLayout.of(cfg)
     name = cfg.text.pretrained
     if name is None:
         tok = BertTokenizer(vocab=_read_vocab(vocab_file(layout)), do_lower_case=True)

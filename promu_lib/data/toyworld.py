@@ -505,7 +505,7 @@ def build_toy_world(cfg: Config, progress: bool = True) -> Path:
         )
     if toy.n_names < 8 or toy.image_size < 32:
         raise ConfigError("data.toy needs n_names >= 8 (two per entity type) and image_size >= 32")
-    layout = DataLayout(root=resolve(cfg.data_root()), data=cfg.data)
+    layout = DataLayout.of(cfg)
     if is_built(cfg):
         return layout.root
     _prepare(layout)

@@ -7,14 +7,31 @@
 - ``fusion``: PROMU's ``FusionEncoder`` (PROMU paper Eq. 2)
 - ``heads``: CRF tagger (MNER) and marker classifier (MRE)
 - ``builders`` / ``task``: building everything from the config
+- ``registry``: every fine-tunable model (``MODELS``: name -> ``ModelSpec``; ``model_spec``,
+  ``register``)
 """
 
-from promu_lib.models.builders import build_fusion_encoder, build_text_encoder
-from promu_lib.models.encoder import BertEncoder, EncoderConfig, TransformerStack
-from promu_lib.models.fusion import FusionEncoder, FusionOutput
-from promu_lib.models.hvpnet import HVPNet
-from promu_lib.models.task import MODELS, TASKS, build_task_model, load_pretrained_backbone
-from promu_lib.models.vision import VisionEncoder, build_vision_encoder, patches_in_box
+import importlib
+from typing import Any
+
+# name -> submodule; imported on first use, so that ``promu_lib.models.registry`` (which the
+# torch-free pipeline runner reads) does not pull torch in through this package
+_WHERE = {
+    "build_fusion_encoder": "builders", "build_text_encoder": "builders",
+    "BertEncoder": "encoder", "EncoderConfig": "encoder", "TransformerStack": "encoder",
+    "FusionEncoder": "fusion", "FusionOutput": "fusion", "HVPNet": "hvpnet",
+    "MODELS": "registry", "ModelSpec": "registry", "model_spec": "registry",
+    "register": "registry", "TASKS": "task", "build_task_model": "task",
+    "load_pretrained_backbone": "task", "VisionEncoder": "vision",
+    "build_vision_encoder": "vision", "patches_in_box": "vision",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "MODELS",
@@ -24,6 +41,7 @@ __all__ = [
     "FusionEncoder",
     "FusionOutput",
     "HVPNet",
+    "ModelSpec",
     "TransformerStack",
     "VisionEncoder",
     "build_fusion_encoder",
@@ -31,5 +49,7 @@ __all__ = [
     "build_text_encoder",
     "build_vision_encoder",
     "load_pretrained_backbone",
+    "model_spec",
     "patches_in_box",
+    "register",
 ]

@@ -80,17 +80,7 @@ def build_text_encoder(cfg: TextEncoderConfig, tokenizer: Any = None) -> BertEnc
                 "text.vocab_size is 0 and no tokenizer was given to size the vocabulary"
             )
         return BertEncoder(
-            EncoderConfig(
-                vocab_size=vocab,
-                hidden_size=cfg.hidden_size,
-                num_layers=cfg.num_layers,
-                num_heads=cfg.num_heads,
-                intermediate_size=cfg.intermediate_size,
-                max_position=cfg.max_position,
-                dropout=cfg.dropout,
-                attention_dropout=cfg.attention_dropout,
-                pad_token_id=pad_id,
-            )
+            EncoderConfig.from_text_config(cfg, vocab_size=vocab, pad_token_id=pad_id)
         )
     encoder = bert_encoder_from_hf(
         load_hf_bert(cfg.pretrained), dropout=cfg.dropout, attention_dropout=cfg.attention_dropout

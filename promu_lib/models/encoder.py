@@ -23,11 +23,14 @@ References: Devlin et al. 2019 (BERT); karpathy/nanoGPT for the layout.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from promu_lib.config import TextEncoderConfig
 
 # (keys, values), each (B, num_heads, P, head_dim); None = no prefix at that layer
 Prefix = tuple[Tensor, Tensor]
@@ -41,19 +44,21 @@ _ACTIVATIONS = {
 
 
 @dataclass
-class EncoderConfig:
-    vocab_size: int = 30522
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 128
-    max_position: int = 128
+class EncoderConfig(TextEncoderConfig):
+    """The config's ``TextEncoderConfig`` (sizes, dropout; ``vocab_size`` must be set here, and
+    ``pretrained`` is not read) plus what the model needs beyond it: values that a Hugging Face
+    checkpoint carries and the profiles never change."""
+
     type_vocab_size: int = 2
-    dropout: float = 0.1  # hidden states
-    attention_dropout: float = 0.1  # attention probabilities
     layer_norm_eps: float = 1e-12  # BERT's value
     hidden_act: str = "gelu"
     pad_token_id: int = 0
+
+    @classmethod
+    def from_text_config(cls, text: TextEncoderConfig, **beyond: Any) -> EncoderConfig:
+        """``text``'s values, with ``beyond`` (e.g. ``vocab_size``, ``pad_token_id``) on top."""
+        values = {f.name: getattr(text, f.name) for f in fields(TextEncoderConfig)}
+        return cls(**(values | beyond))
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:

@@ -1,13 +1,17 @@
 """Task models for MNER (CRF over words) and MRE (entity markers) on any backbone.
 
-Backbones share one method, ``token_states(batch, output_attentions=False) -> (states (B, L,
-H), extras)``: ``TextBackbone`` (text-only BERT), ``HVPNet`` (HVPNeT and its variants) and
-``promu_lib.models.fusion.FusionEncoder`` (PROMU, fine-tuning reads its fused text states).
+Backbones come from :mod:`promu_lib.models.registry` (text-only BERT, HVPNeT and its variants,
+PROMU's ``FusionEncoder``, whose fused text states fine-tuning reads); they share one method,
+``token_states(batch, output_attentions=False) -> (states (B, L, H), extras)``.
+
+A task model also says how its decoded outputs become prediction rows and scores
+(``prediction_row``, ``score``: :class:`NerOutputs`, :class:`ReOutputs`), so evaluation needs
+no task switch.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +21,57 @@ from torch import Tensor, nn
 from promu_lib.config import Config
 from promu_lib.data.records import MNRE_RELATIONS, NER_TAGS
 from promu_lib.errors import CheckpointError, MissingAssetError
-from promu_lib.models.builders import build_fusion_encoder, build_text_encoder
-from promu_lib.models.encoder import BertEncoder
+from promu_lib.metrics import ner_scores, re_scores
 from promu_lib.models.fusion import FusionEncoder
 from promu_lib.models.heads import CrfTagger, MarkerClassifier
-from promu_lib.models.hvpnet import HVPNet
+from promu_lib.models.registry import model_spec
 from promu_lib.paths import resolve
 
 TASKS = ("ner", "re")
-MODELS = ("bert", "hvpnet", "hvpnet-single", "hvpnet-flat", "hvpnet-1v3", "hvpnet-onlyobj", "promu")
 
 
-class TextBackbone(nn.Module):
-    """The text-only baseline: BERT states, no image."""
+# -- what evaluation reads from each task ------------------------------------------------------
 
-    def __init__(self, text: BertEncoder) -> None:
-        super().__init__()
-        self.text = text
 
-    def token_states(self, batch: dict, output_attentions: bool = False) -> tuple[Tensor, dict]:
-        out = self.text(
-            batch["input_ids"], batch["attention_mask"], output_attentions=output_attentions
-        )
-        return out.last_hidden_state, ({"attentions": out.attentions} if output_attentions else {})
+class NerOutputs:
+    """MNER predictions: one BIO tag per word, scored by entity spans (``ner_scores``)."""
+
+    task = "ner"
+
+    def prediction_row(self, post: Any, gold: Any, decoded: Any, post_id: str) -> dict[str, Any]:
+        """One post's row: the decoded tag ids as tags, padded with ``O`` for the words that
+        ``max_len`` cut off (the post is scored on its full gold sequence)."""
+        tags = [NER_TAGS[t] for t in decoded]
+        if len(tags) > len(gold):
+            raise ValueError(f"{post_id}: {len(tags)} tags for {len(gold)} words")
+        pred = tags + ["O"] * (len(gold) - len(tags))
+        return {"id": post_id, "tokens": list(post.tokens), "gold": gold, "pred": pred}
+
+    def score(self, golds: Sequence[Any], preds: Sequence[Any]) -> dict[str, Any]:
+        return ner_scores(golds, preds)
+
+
+class ReOutputs:
+    """MRE predictions: one relation per post, scored without the ``None`` relation."""
+
+    task = "re"
+
+    def prediction_row(self, post: Any, gold: Any, decoded: Any, post_id: str) -> dict[str, Any]:
+        """One post's row: the decoded relation id as its name, with the entity spans."""
+        return {
+            "id": post_id,
+            "tokens": list(post.tokens),
+            "head": [post.head.start, post.head.end],
+            "tail": [post.tail.start, post.tail.end],
+            "gold": gold,
+            "pred": MNRE_RELATIONS[int(decoded)],
+        }
+
+    def score(self, golds: Sequence[Any], preds: Sequence[Any]) -> dict[str, Any]:
+        return re_scores(golds, preds, "None")
+
+
+# -- the task models ---------------------------------------------------------------------------
 
 
 class TaskModel(nn.Module):
@@ -66,7 +98,7 @@ class TaskModel(nn.Module):
         return [g for g in groups if g["params"]]
 
 
-class NerModel(TaskModel):
+class NerModel(NerOutputs, TaskModel):
     """MNER: backbone states -> CRF over words (HVPNeT Eq. 10, PROMU Eq. 12-13)."""
 
     head: CrfTagger
@@ -87,7 +119,7 @@ class NerModel(TaskModel):
         return self.head.decode(logits, batch["word_mask"])
 
 
-class ReModel(TaskModel):
+class ReModel(ReOutputs, TaskModel):
     """MRE: states at <s> and <o> -> Linear over the relations (PROMU Eq. 14-15)."""
 
     head: MarkerClassifier
@@ -109,25 +141,11 @@ class ReModel(TaskModel):
 
 def build_backbone(cfg: Config, model: str, tokenizer: Any) -> nn.Module:
     """The encoder part of a task model (``model`` one of ``MODELS``)."""
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    text = build_text_encoder(cfg.text, tokenizer)
-    if model == "bert":
-        return TextBackbone(text)
-    if model.startswith("hvpnet"):
-        variant = cfg.hvpnet.variant if model == "hvpnet" else model.split("-", 1)[1]
-        return HVPNet(text, dataclasses.replace(cfg.hvpnet, variant=variant))
-    encoder = build_fusion_encoder(cfg, tokenizer, text=text)
-    # Pre-training-only parts (Eq. 4-5) get no gradient in fine-tuning: freeze them so that
-    # optimisers and DDP (unused parameters) see only what the task trains.
-    for part in (encoder.proj_t, encoder.proj_v):
-        part.requires_grad_(False)
-    encoder.temp.requires_grad_(False)
-    return encoder
+    return model_spec(model).backbone(cfg, tokenizer)
 
 
 def build_task_model(cfg: Config, task: str, model: str, tokenizer: Any) -> TaskModel:
-    """A task model: ``task`` "ner" | "re"; ``model`` one of ``MODELS``.
+    """A task model: ``task`` "ner" | "re"; ``model`` one of ``MODELS`` (the registry).
 
     ``tokenizer`` sizes the vocabulary (``len(tokenizer)``, RE markers included). The PROMU
     backbone starts from scratch (or from ``cfg.text.pretrained``) until
@@ -135,7 +153,10 @@ def build_task_model(cfg: Config, task: str, model: str, tokenizer: Any) -> Task
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    backbone = build_backbone(cfg, model, tokenizer)
+    spec = model_spec(model)
+    if task not in spec.tasks:
+        raise ValueError(f"model {model!r} does not serve task {task!r} (only {spec.tasks})")
+    backbone = spec.backbone(cfg, tokenizer)
     hidden, drop = backbone.text.hidden_size, cfg.text.dropout
     if task == "ner":
         return NerModel(backbone, CrfTagger(hidden, len(NER_TAGS), drop))

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "interrupted run resumes from its last epoch.",
     )
     p.add_argument("--dataset", required=True, choices=tuple(TASK_OF))
-    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--model", required=True, choices=tuple(MODELS))
     p.add_argument("--init", help="pre-training checkpoint (safetensors) for the backbone")
     p.add_argument("--profile", default="tiny", choices=PROFILES)
     p.add_argument("--config", help="YAML/JSON config file applied on top of the profile")

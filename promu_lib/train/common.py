@@ -1,5 +1,5 @@
 """What every training loop shares: seeding, device, AdamW + linear schedule, checkpoints,
-early stopping, a non-finite-loss guard and progress reporting.
+early stopping and a non-finite-loss guard (progress reporting: :mod:`promu_lib.progress`).
 
 A checkpoint is a directory of three files, written into a temporary directory and renamed into
 place, so an interrupted save never leaves a half checkpoint:
@@ -20,10 +20,8 @@ import math
 import os
 import random
 import shutil
-import sys
 import tempfile
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,6 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from promu_lib.errors import CheckpointError, MissingAssetError, PromuError
@@ -338,58 +335,3 @@ class EarlyStopping:
     def from_state(cls, state: dict[str, Any]) -> EarlyStopping:
         best = -math.inf if state["best"] is None else state["best"]
         return cls(state["patience"], best, state["best_epoch"], state["bad_epochs"])
-
-
-# =============================================================================================
-# Progress
-# =============================================================================================
-
-
-class Progress:
-    """A tqdm bar on a terminal; elsewhere (papermill, CI logs) one line every ``log_every``
-    steps, since tqdm floods or freezes notebook outputs. ``enabled=False`` prints nothing."""
-
-    def __init__(
-        self, total: int, desc: str, enabled: bool, log_every: int, initial: int = 0
-    ) -> None:
-        self.total, self.desc, self.log_every = total, desc, max(1, log_every)
-        self.n, self.start = initial, time.perf_counter()
-        use_bar = enabled and sys.stderr.isatty() and os.environ.get("PROMU_PROGRESS") != "log"
-        self.bar = (
-            tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True) if use_bar else None
-        )
-        self.log = enabled and not use_bar
-
-    def update(self, **postfix: float) -> None:
-        self.n += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            if postfix:
-                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-        elif self.log and (self.n % self.log_every == 0 or self.n == self.total):
-            self.write(
-                f"{self.desc} step {self.n}/{self.total} "
-                + " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
-                + f" ({time.perf_counter() - self.start:.0f}s)"
-            )
-
-    def write(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line)
-        elif self.log:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-@contextlib.contextmanager
-def progress(
-    total: int, desc: str, enabled: bool, log_every: int, initial: int = 0
-) -> Iterator[Progress]:
-    p = Progress(total, desc, enabled, log_every, initial)
-    try:
-        yield p
-    finally:
-        p.close()

@@ -12,6 +12,13 @@ test at that checkpoint (test never selects anything). Outputs, written atomical
 
 ``<out>/ckpt`` holds the last epoch's full training state: a killed run resumes there and ends
 with the same numbers as an uninterrupted one (bitwise on CPU).
+
+:func:`finetune` reads top to bottom as its steps: check the arguments and place the output
+(``_check_run``), load the data (``_load_data``), build the model (``_build_net``,
+``_with_frozen_features``), set up or restore the optimizer (``_start_or_resume``), run the
+epochs (``_train``, ``_end_epoch`` after each), then test and write (``_test_and_report``).
+The models come from :mod:`promu_lib.models.registry`; :func:`evaluate` asks the task model how
+to turn its outputs into prediction rows and scores.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +36,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from promu_lib.cache import is_done, mark_done, stage_dir
-from promu_lib.config import Config
-from promu_lib.data.datasets import load_split, make_loader
+from promu_lib.config import Config, FinetuneConfig
+from promu_lib.data.datasets import PostDataset, load_split, make_loader
 from promu_lib.data.layout import SPLITS, DataLayout
-from promu_lib.data.records import MNRE_RELATIONS, NER_TAGS
 from promu_lib.data.tokenizer import build_tokenizer
-from promu_lib.experiments import TEXT_ONLY
 from promu_lib.guards import check_dev
 from promu_lib.io import atomic_write_json, atomic_write_jsonl, sha256_file
-from promu_lib.metrics import ner_scores, re_scores
+from promu_lib.models.registry import MODELS as MODELS  # re-exported: name -> ModelSpec
+from promu_lib.models.registry import model_spec
 from promu_lib.paths import resolve
+from promu_lib.progress import Progress
 from promu_lib.train.common import (
     EarlyStopping,
     build_optimizer,
@@ -47,7 +55,6 @@ from promu_lib.train.common import (
     load_checkpoint,
     load_weights,
     pick_device,
-    progress,
     save_checkpoint,
     save_weights,
     seed_everything,
@@ -56,15 +63,6 @@ from promu_lib.train.common import (
 from promu_lib.train.frozen_features import WithPyramid, frozen_pyramid, pyramid_store
 
 TASK_OF: dict[str, str] = {"twitter2015": "ner", "twitter2017": "ner", "mnre": "re"}
-MODELS: tuple[str, ...] = (
-    "bert",
-    "hvpnet",
-    "hvpnet-single",
-    "hvpnet-flat",
-    "hvpnet-1v3",
-    "hvpnet-onlyobj",
-    "promu",
-)
 IMAGE_MODES: tuple[str, ...] = ("true", "blank", "shuffled")
 # config sections a fine-tuning result depends on (its cache key)
 SECTIONS: tuple[str, ...] = ("data", "text", "vision", "fusion", "hvpnet", "finetune")
@@ -109,63 +107,36 @@ def finetune_dir(
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
-    task: str,
     device: torch.device | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Decode every post of ``loader`` and score it: ``{"metrics", "predictions"}``.
 
-    MNER is scored on the full gold tag sequence of each post; words cut off by ``max_len``
-    count as predicted ``O``. ``predictions`` holds one dict per post (``id``, ``tokens``,
-    ``gold``, ``pred``; MRE adds ``head``/``tail``), in loader order.
+    The task model turns each decoded post into a prediction row (``prediction_row``) and
+    scores the rows (``score``): see ``promu_lib.models.task`` (MNER is scored on the full gold
+    tag sequence of each post; words cut off by ``max_len`` count as predicted ``O``).
+    ``predictions`` holds one dict per post (``id``, ``tokens``, ``gold``, ``pred``; MRE adds
+    ``head``/``tail``), in loader order.
     """
     device = device or next(model.parameters()).device
     dataset = loader.dataset
     was_training = model.training
     model.eval()
-    golds: list[Any] = []
-    preds: list[Any] = []
     rows: list[dict[str, Any]] = []
-    with torch.inference_mode(), progress(len(loader), "eval", show_progress, 50) as bar:
+    with torch.inference_mode(), Progress(len(loader), "eval", show_progress, 50) as bar:
         for batch in loader:
             decoded = model.decode(to_device(batch, device))
             for k, index in enumerate(batch["index"].tolist()):
-                post = dataset.posts[index]
-                gold = dataset.gold(index)
-                if task == "ner":
-                    tags = [NER_TAGS[t] for t in decoded[k]]
-                    if len(tags) > len(gold):
-                        raise ValueError(
-                            f"{batch['ids'][k]}: {len(tags)} tags for {len(gold)} words"
-                        )
-                    pred: Any = tags + ["O"] * (len(gold) - len(tags))
-                    row = {
-                        "id": batch["ids"][k],
-                        "tokens": list(post.tokens),
-                        "gold": gold,
-                        "pred": pred,
-                    }
-                else:
-                    pred = MNRE_RELATIONS[int(decoded[k])]
-                    row = {
-                        "id": batch["ids"][k],
-                        "tokens": list(post.tokens),
-                        "head": [post.head.start, post.head.end],
-                        "tail": [post.tail.start, post.tail.end],
-                        "gold": gold,
-                        "pred": pred,
-                    }
-                golds.append(gold)
-                preds.append(pred)
-                rows.append(row)
+                post, gold = dataset.posts[index], dataset.gold(index)
+                rows.append(model.prediction_row(post, gold, decoded[k], batch["ids"][k]))
             bar.update()
     model.train(was_training)
-    metrics = ner_scores(golds, preds) if task == "ner" else re_scores(golds, preds, "None")
+    metrics = model.score([r["gold"] for r in rows], [r["pred"] for r in rows])
     return {"metrics": metrics, "predictions": rows}
 
 
 # =============================================================================================
-# Training
+# Training: finetune() and its steps, in the order it runs them
 # =============================================================================================
 
 
@@ -186,38 +157,76 @@ def finetune(
     Cached: a finished run with the same config slice, seed, init and image mode is returned
     from disk; an interrupted one resumes from its last epoch.
     """
+    run = _check_run(cfg, dataset, model, init, seed, out_dir, image_mode)
+    if is_done(run.out):
+        return json.loads((run.out / "metrics.json").read_text(encoding="utf-8"))
+    run.out.mkdir(parents=True, exist_ok=True)
+    clock = time.perf_counter()
+
+    seed_everything(seed, cfg.run.deterministic)
+    device = pick_device(cfg.run.device)
+    tokenizer, data, loaders = _load_data(cfg, run)
+    seed_everything(seed, cfg.run.deterministic)  # model init independent of data loading
+    net = _build_net(cfg, run, tokenizer, device)
+    loaders = _with_frozen_features(net, data, loaders, device, cfg.finetune)
+    training = _start_or_resume(net, loaders, cfg.finetune, run.out / "ckpt", clock)
+    _train(cfg, run, training, loaders, device)
+    return _test_and_report(cfg, run, training, data, loaders["test"], device)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one fine-tuning run is: its arguments, its task and its output directory."""
+
+    dataset: str
+    model: str
+    task: str
+    init: str | Path | None
+    seed: int
+    image_mode: str
+    out: Path
+
+
+def _check_run(
+    cfg: Config,
+    dataset: str,
+    model: str,
+    init: str | Path | None,
+    seed: int,
+    out_dir: str | Path | None,
+    image_mode: str,
+) -> _Run:
+    """Validate the arguments (ValueError naming the bad one) and place the output."""
     task = task_of(dataset)
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    model_spec(model)  # ValueError for an unknown model
     if image_mode not in IMAGE_MODES:
         raise ValueError(f"unknown image_mode {image_mode!r}; expected one of {IMAGE_MODES}")
-    f = cfg.finetune
-    if f.epochs < 1:
-        raise ValueError(f"finetune.epochs must be >= 1, got {f.epochs}")
+    if cfg.finetune.epochs < 1:
+        raise ValueError(f"finetune.epochs must be >= 1, got {cfg.finetune.epochs}")
     out = (
         resolve(out_dir)
         if out_dir is not None
         else resolve(finetune_dir(cfg, dataset, model, init=init, seed=seed, image_mode=image_mode))
     )
-    if is_done(out):
-        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    return _Run(dataset, model, task, init, seed, image_mode, out)
 
-    seed_everything(seed, cfg.run.deterministic)
-    device = pick_device(cfg.run.device)
-    layout = DataLayout(root=resolve(cfg.data_root()), data=cfg.data)
+
+def _load_data(cfg: Config, run: _Run) -> tuple[Any, dict[str, PostDataset], dict[str, Any]]:
+    """The tokenizer, the three splits (images only for a model that sees them; train cut to
+    ``finetune.train_fraction``) and their loaders (train shuffled by the seed)."""
+    f = cfg.finetune
+    layout = DataLayout.of(cfg)
     tokenizer = build_tokenizer(cfg, layout)
     data = {
         split: load_split(
             cfg,
-            dataset,
+            run.dataset,
             split,
             tokenizer,
             layout=layout,
-            with_images=model not in TEXT_ONLY,
-            image_mode=image_mode,
-            seed=seed,
+            with_images=model_spec(run.model).sees_image,
+            image_mode=run.image_mode,
+            seed=run.seed,
             fraction=f.train_fraction if split == "train" else 1.0,
         )
         for split in SPLITS
@@ -227,28 +236,65 @@ def finetune(
             ds,
             f.batch_size if split == "train" else f.eval_batch_size,
             split == "train",
-            seed,
+            run.seed,
             f.num_workers,
         )
         for split, ds in data.items()
     }
+    return tokenizer, data, loaders
 
-    seed_everything(seed, cfg.run.deterministic)  # model init independent of data loading
-    net = build_model(cfg, task, model, tokenizer)
-    if init is not None:
-        load_backbone(net, init)
-    net.to(device)
+
+def _build_net(cfg: Config, run: _Run, tokenizer: Any, device: torch.device) -> nn.Module:
+    """The task model, its backbone from ``run.init`` when given, on ``device``."""
+    net = build_model(cfg, run.task, run.model, tokenizer)
+    if run.init is not None:
+        load_backbone(net, run.init)
+    return net.to(device)
+
+
+def _with_frozen_features(
+    net: nn.Module,
+    data: dict[str, PostDataset],
+    loaders: dict[str, Any],
+    device: torch.device,
+    f: FinetuneConfig,
+) -> dict[str, Any]:
+    """With a frozen CNN (HVPNeT) the same maps every epoch: computed once per split and
+    carried by the batches (``promu_lib.train.frozen_features``); else ``loaders`` as given."""
     visual = frozen_pyramid(net) if f.cache_frozen_features else None
-    if visual is not None:  # the same maps every epoch: computed once (frozen_features)
-        loaders = {
-            split: WithPyramid(ld, pyramid_store(visual, data[split], device, f.eval_batch_size))
-            for split, ld in loaders.items()
-        }
+    if visual is None:
+        return loaders
+    return {
+        split: WithPyramid(ld, pyramid_store(visual, data[split], device, f.eval_batch_size))
+        for split, ld in loaders.items()
+    }
+
+
+@dataclass
+class _Training:
+    """The run's state between epochs. ``state`` (JSON-able: next epoch, history, best file
+    and dev scores, seconds so far, early-stopping state) goes into every checkpoint; ``clock``
+    is when the seconds not yet in ``state`` started."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    step: int
+    state: dict[str, Any]
+    stopper: EarlyStopping
+    ckpt: Path
+    clock: float
+
+
+def _start_or_resume(
+    net: nn.Module, loaders: dict[str, Any], f: FinetuneConfig, ckpt: Path, clock: float
+) -> _Training:
+    """AdamW (encoder ``lr``, head ``head_lr``) under the linear schedule; restored with the
+    RNG states from ``ckpt`` when an earlier run left a checkpoint there."""
     optimizer = build_optimizer(net.param_groups(f.lr, f.head_lr, f.weight_decay), f.lr)
     steps_per_epoch = len(loaders["train"])
     scheduler = build_scheduler(optimizer, f.epochs * steps_per_epoch, f.warmup_ratio)
-
-    ckpt = out / "ckpt"
     state: dict[str, Any] = {
         "epoch": 0,
         "history": [],
@@ -262,76 +308,111 @@ def finetune(
         restored = load_checkpoint(ckpt, net, optimizer, scheduler)
         step, state = restored["step"], restored["extra"]
     stopper = EarlyStopping.from_state(state["stopper"])
-    autocast = _autocast(device, f.bf16)
+    return _Training(net, optimizer, scheduler, steps_per_epoch, step, state, stopper, ckpt, clock)
 
-    with progress(
-        f.epochs * steps_per_epoch, f"{dataset}/{model}", cfg.run.progress, f.log_every, step
-    ) as bar:
-        for epoch in range(state["epoch"], f.epochs):
-            if stopper.should_stop:
+
+def _train(
+    cfg: Config, run: _Run, tr: _Training, loaders: dict[str, Any], device: torch.device
+) -> None:
+    """The epochs left: train, evaluate on dev, keep the best weights, checkpoint; stop after
+    ``patience`` epochs without a dev gain."""
+    f = cfg.finetune
+    autocast = _autocast(device, f.bf16)
+    total = f.epochs * tr.steps_per_epoch
+    desc = f"{run.dataset}/{run.model}"
+    with Progress(total, desc, cfg.run.progress, f.log_every, tr.step) as bar:
+        for epoch in range(tr.state["epoch"], f.epochs):
+            if tr.stopper.should_stop:
                 break
             loss_sum = _train_epoch(
-                net,
+                tr.net,
                 loaders["train"],
-                optimizer,
-                scheduler,
+                tr.optimizer,
+                tr.scheduler,
                 autocast,
                 device,
                 f.grad_clip,
                 epoch,
-                step,
+                tr.step,
                 bar.update,
             )
-            step += steps_per_epoch
-            dev_out = evaluate(net, loaders["dev"], task, device)
-            dev = dev_out["metrics"]
-            flags = check_dev(
-                net, loaders["dev"], dev_out["predictions"], task,
-                epoch=epoch, step=step, image_mode=image_mode, device=device,
-            )  # fmt: skip
-            if stopper.update(dev["f1"], epoch):
-                state["best_file"] = f"best-e{epoch}.safetensors"
-                state["best_dev"] = dev
-                save_weights(out / state["best_file"], net)
-            state["history"].append(
-                {
-                    "epoch": epoch,
-                    "step": step,
-                    "train_loss": loss_sum / steps_per_epoch,
-                    "dev_f1": dev["f1"],
-                    "flags": flags,  # promu_lib.guards: signs of collapse at this epoch
-                }
-            )
-            bar.write(
-                f"epoch {epoch}: train loss {loss_sum / steps_per_epoch:.4f}, dev F1 {dev['f1']:.2f}"
-                f" (best {stopper.best:.2f} at epoch {stopper.best_epoch})"
-            )
-            state.update(
-                epoch=epoch + 1,
-                stopper=stopper.state_dict(),
-                seconds=state["seconds"] + time.perf_counter() - t0,
-            )
-            t0 = time.perf_counter()
-            save_checkpoint(ckpt, net, optimizer, scheduler, step, state)
-            _remove_stale_best(out, state["best_file"])
+            tr.step += tr.steps_per_epoch
+            _end_epoch(run, tr, epoch, loss_sum / tr.steps_per_epoch, loaders["dev"], device, bar)
 
-    load_weights(out / state["best_file"], net)
-    test = evaluate(net, loaders["test"], task, device)
-    seconds = state["seconds"] + time.perf_counter() - t0
+
+def _end_epoch(
+    run: _Run,
+    tr: _Training,
+    epoch: int,
+    train_loss: float,
+    dev_loader: Any,
+    device: torch.device,
+    bar: Progress,
+) -> None:
+    """After one epoch: dev scores and collapse flags, the best weights so far, the history
+    row, a log line, the checkpoint."""
+    dev_out = evaluate(tr.net, dev_loader, device)
+    dev = dev_out["metrics"]
+    flags = check_dev(
+        tr.net, dev_loader, dev_out["predictions"], run.task,
+        epoch=epoch, step=tr.step, image_mode=run.image_mode, device=device,
+    )  # fmt: skip
+    state, stopper = tr.state, tr.stopper
+    if stopper.update(dev["f1"], epoch):
+        state["best_file"] = f"best-e{epoch}.safetensors"
+        state["best_dev"] = dev
+        save_weights(run.out / state["best_file"], tr.net)
+    state["history"].append(
+        {
+            "epoch": epoch,
+            "step": tr.step,
+            "train_loss": train_loss,
+            "dev_f1": dev["f1"],
+            "flags": flags,  # promu_lib.guards: signs of collapse at this epoch
+        }
+    )
+    bar.write(
+        f"epoch {epoch}: train loss {train_loss:.4f}, dev F1 {dev['f1']:.2f}"
+        f" (best {stopper.best:.2f} at epoch {stopper.best_epoch})"
+    )
+    state.update(
+        epoch=epoch + 1,
+        stopper=stopper.state_dict(),
+        seconds=state["seconds"] + time.perf_counter() - tr.clock,
+    )
+    tr.clock = time.perf_counter()
+    save_checkpoint(tr.ckpt, tr.net, tr.optimizer, tr.scheduler, tr.step, state)
+    _remove_stale_best(run.out, state["best_file"])
+
+
+def _test_and_report(
+    cfg: Config,
+    run: _Run,
+    tr: _Training,
+    data: dict[str, PostDataset],
+    test_loader: Any,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The best-dev weights on test, then the outputs (predictions, weights, metrics, DONE
+    last); the checkpoint and the best-epoch file go."""
+    state, out = tr.state, run.out
+    load_weights(out / state["best_file"], tr.net)
+    test = evaluate(tr.net, test_loader, device)
+    seconds = state["seconds"] + time.perf_counter() - tr.clock
     metrics = {
-        "dataset": dataset,
-        "task": task,
-        "model": model,
-        "seed": seed,
-        "init": str(init) if init else None,
-        "init_sha256": sha256_file(init) if init else None,
-        "image_mode": image_mode,
+        "dataset": run.dataset,
+        "task": run.task,
+        "model": run.model,
+        "seed": run.seed,
+        "init": str(run.init) if run.init else None,
+        "init_sha256": sha256_file(run.init) if run.init else None,
+        "image_mode": run.image_mode,
         "profile": cfg.profile,
         "dev": state["best_dev"],
         "test": test["metrics"],
-        "best_epoch": stopper.best_epoch,
+        "best_epoch": tr.stopper.best_epoch,
         "epochs_run": len(state["history"]),
-        "steps": step,
+        "steps": tr.step,
         "seconds": seconds,
         "device": str(device),
         "history": state["history"],
@@ -339,11 +420,11 @@ def finetune(
         "config": {s: cfg.to_dict()[s] for s in SECTIONS},
     }
     atomic_write_jsonl(out / "predictions.jsonl", test["predictions"])
-    save_weights(out / "model.safetensors", net)
+    save_weights(out / "model.safetensors", tr.net)
     atomic_write_json(out / "metrics.json", metrics)
     mark_done(out, {"dev_f1": state["best_dev"]["f1"], "test_f1": test["metrics"]["f1"]})
     (out / state["best_file"]).unlink(missing_ok=True)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    shutil.rmtree(tr.ckpt, ignore_errors=True)
     return metrics
 
 

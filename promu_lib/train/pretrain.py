@@ -28,11 +28,13 @@ from promu_lib import losses
 from promu_lib.cache import is_done, mark_done, stage_dir
 from promu_lib.config import Config
 from promu_lib.data.captions import CaptionDataset, collate_captions
+from promu_lib.data.pseudo_labels import load_pseudo_labels
 from promu_lib.data.tokenizer import build_tokenizer
 from promu_lib.io import atomic_write_jsonl
-from promu_lib.mining import load_pseudo_labels, mine_labels
+from promu_lib.mining import mine_labels
 from promu_lib.models.builders import build_fusion_encoder
 from promu_lib.models.pretraining import LOSS_NAMES, PromuPretrainer
+from promu_lib.progress import Progress
 from promu_lib.train import distributed
 from promu_lib.train.common import (
     build_optimizer,
@@ -41,7 +43,6 @@ from promu_lib.train.common import (
     checkpoint_exists,
     load_checkpoint,
     pick_device,
-    progress,
     save_checkpoint,
     save_weights,
     seed_everything,
@@ -142,7 +143,7 @@ def pretrain(
 
     model.train()
     t0 = time.perf_counter()
-    with progress(p.steps, "pre-train", show and d.main, p.log_every, initial=step) as bar:
+    with Progress(p.steps, "pre-train", show and d.main, p.log_every, initial=step) as bar:
         while step < p.steps:
             epoch, in_epoch = divmod(step, per_epoch)
             order = _epoch_order(len(data), seed, epoch)

@@ -1,19 +1,17 @@
-"""What each table and figure runs: pre-training variants, fine-tuning jobs, and a runner.
+"""Jobs and their runner: what every study trains, cached on disk and run in worker processes.
 
-A job is a small frozen dataclass; its result is cached on disk by the training functions
-(config hash + seed + init), so a notebook simply asks for the jobs it needs with
-:func:`run_jobs` and reads their metrics. Missing jobs run in a pool of worker processes with
-one torch thread each (2 workers on a 2-core machine do about twice the work of one process
-with 2 threads on models this small). Mining runs first, one config at a time in this process
-(no two workers mine into the same directory); then every job starts as soon as the job it
-starts from (a pre-training, or a fine-tuning for cross-task transfer) has finished.
+A job is a small frozen dataclass (:class:`Pretrain`, :class:`Finetune`); its result is cached
+on disk by the training functions (config hash + seed + init), so a study simply lists the jobs
+it needs (``study.jobs(cfg)``), :func:`run_jobs` trains what is missing and returns every
+result. Missing jobs run in a pool of worker processes with one torch thread each (2 workers on
+a 2-core machine do about twice the work of one process with 2 threads on models this small).
+Mining runs first, one config at a time (no two workers mine into the same directory); then
+every job starts as soon as the job it starts from (a pre-training, or a fine-tuning for
+cross-task transfer) has finished.
 
-The rows of PROMU's Table 1 map onto this code as follows (toy-world stand-ins named):
-- text-only baselines: ``bert`` (BERT-CRF for MNER, MTB-style markers for MRE);
-- HVPNeT: ``hvpnet`` (and its variants for the HVPNeT tables);
-- the CLIP/Oscar/VisualBERT/BLIP pre-training rows: our fusion model pre-trained with the
-  alignment losses only (ITM + CIT), ``align-only``;
-- PROMU and its three ablations: ``promu``, ``no-coe``, ``no-cir``, ``hard``.
+The pre-training variants of PROMU's ablations (Eq. 11 with a loss switched off, or hard
+labels) are :data:`PRETRAIN_VARIANTS`; which table row uses which job is the studies' business
+(``promu_lib.studies``).
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +198,7 @@ def run_jobs(
     """
     from promu_lib.cache import is_done
     from promu_lib.mining import mining_dir
-    from promu_lib.train.common import Progress
+    from promu_lib.progress import Progress
 
     order = _with_dependencies(dict.fromkeys(jobs))
     workers = workers or min(2, os.cpu_count() or 1)
@@ -258,76 +256,3 @@ def run_jobs(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return results
-
-
-TEXT_ONLY: tuple[str, ...] = ("bert",)  # models that see no image (no image tensors in batches)
-
-
-# -- the tables' rows --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Row:
-    """A table row: what runs, and under which name the papers report it."""
-
-    name: str
-    model: str
-    pretrain: str | None = None  # a PRETRAIN_VARIANTS key, or None (no pre-training)
-    paper: dict[str, str] = field(default_factory=dict)  # dataset -> key in the paper's table
-
-    def job(self, dataset: str, seed: int, **kw: Any) -> Finetune:
-        init = Pretrain(self.pretrain) if self.pretrain else None
-        return Finetune(dataset, self.model, init=init, seed=seed, **kw)
-
-
-def _same(key: str) -> dict[str, str]:
-    return {d: key for d in ("twitter2015", "twitter2017", "mnre")}
-
-
-TABLE1_ROWS: tuple[Row, ...] = (
-    Row(
-        "Text only (BERT-CRF / MTB)",
-        "bert",
-        paper={"twitter2015": "BERT-CRF", "twitter2017": "BERT-CRF", "mnre": "MTB"},
-    ),
-    Row("HVPNeT", "hvpnet", paper=_same("HVPNeT")),
-    Row("Fusion model, no pre-training", "promu"),
-    Row(
-        "Alignment-only pre-training (ITM+CIT; stands in for CLIP/BLIP rows)",
-        "promu",
-        "align-only",
-        paper=_same("BLIP"),
-    ),
-    Row("PROMU (ours)", "promu", "promu", paper=_same("PROMU (Ours)")),
-    Row(
-        "w/o entity-object alignment",
-        "promu",
-        "no-coe",
-        paper=_same("Ours w/o Entity-Object Alignment"),
-    ),
-    Row(
-        "w/o relation-image alignment",
-        "promu",
-        "no-cir",
-        paper=_same("Ours w/o Relation-Image Alignment"),
-    ),
-    Row("w/o soft pseudo-labels", "promu", "hard", paper=_same("Ours w/o Soft Pseudo Labels")),
-)
-
-# PROMU Table 2 adds pre-training to a fusion model (MMIB there; HVPNeT here: the PROMU
-# pre-trained text encoder initialises HVPNeT's BERT, see models.task.load_pretrained_backbone).
-TABLE2_ROWS: tuple[Row, ...] = (
-    Row("HVPNeT", "hvpnet", paper=_same("MMIB")),
-    Row("HVPNeT + alignment-only pre-training", "hvpnet", "align-only", paper=_same("MMIB+BLIP")),
-    Row("HVPNeT + PROMU pre-training", "hvpnet", "promu", paper=_same("MMIB+Ours")),
-)
-
-HVPNET_VARIANT_ROWS: tuple[Row, ...] = (
-    Row("HMNeT-Single", "hvpnet-single", paper=_same("HMNeT-Single")),
-    Row("HMNeT-Flat", "hvpnet-flat", paper=_same("HMNeT-Flat")),
-    Row("HMNeT-1V3", "hvpnet-1v3", paper=_same("HMNeT-1V3")),
-    Row("HMNeT-OnlyObj", "hvpnet-onlyobj", paper=_same("HMNeT-OnlyObj")),
-    Row("HMNeT (full)", "hvpnet", paper=_same("HMNeT")),
-)
-
-DATASETS: tuple[str, ...] = ("twitter2015", "twitter2017", "mnre")

@@ -19,21 +19,23 @@ import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from promu_lib.cache import is_done, mark_done, stage_dir
 from promu_lib.config import Config
-from promu_lib.experiments import (
-    TABLE1_ROWS,
-    TEXT_ONLY,
-    Finetune,
-    Row,
-    map_in_workers,
-    run_jobs,
-)
 from promu_lib.io import atomic_write_json, sha256_file
+from promu_lib.jobs import Finetune, map_in_workers
 from promu_lib.metrics import ner_scores, re_scores
 from promu_lib.report import Table
+from promu_lib.studies import table1
+from promu_lib.studies.common import Outputs, Row, in_scope, row_jobs
+
+NOTEBOOK = "11_robustness.ipynb"
+TITLE = "Robustness: true, blank and wrong images"
+READER = False  # not beside another notebook: it evaluates in two worker processes of its own
+TABLES = ("robustness",)
+FIGURES = ("robustness",)
 
 MODES: tuple[str, ...] = ("true", "blank", "shuffled")
 SUBSETS: tuple[str, ...] = ("all", "relevant", "irrelevant")
@@ -42,9 +44,11 @@ NO_TRUTH = "relevance unknown (no truth file: real data)"
 EMPTY_SUBSET = "no such post in this test split"
 
 
-def multimodal_rows(rows: Sequence[Row] = TABLE1_ROWS) -> tuple[Row, ...]:
+def multimodal_rows(rows: Sequence[Row] = table1.ROWS) -> tuple[Row, ...]:
     """The rows whose model sees the image (all but the text-only baseline)."""
-    return tuple(r for r in rows if r.model not in TEXT_ONLY)
+    from promu_lib.models.registry import model_spec
+
+    return tuple(r for r in rows if model_spec(r.model).sees_image)
 
 
 def short_label(row: Row) -> str:
@@ -85,10 +89,10 @@ def subset_f1(
 def relevance(cfg: Config, dataset: str, img_ids: Sequence[str]) -> list[bool | None]:
     """Per post (by image id): whether its image is relevant, from the toy truth file; all
     ``None`` when there is no truth file (real data)."""
+    from promu_lib.data.layout import DataLayout
     from promu_lib.data.toyworld import read_truth
-    from promu_lib.notebook import data_layout
 
-    path = data_layout(cfg).truth(dataset, "test")
+    path = DataLayout.of(cfg).truth(dataset, "test")
     if not path.is_file():
         return [None] * len(img_ids)
     known = {row["img_id"]: bool(row["relevant"]) for row in read_truth(path)}
@@ -138,7 +142,7 @@ def evaluate_modes(
             progress=False,
         )  # fmt: skip
         loader = make_loader(ds, run_cfg.finetune.eval_batch_size, False, shuffle_seed)
-        predictions = evaluate(net, loader, task, device)["predictions"]
+        predictions = evaluate(net, loader, device)["predictions"]
         relevant = relevance(run_cfg, job.dataset, [p.img_id for p in ds.posts])
         result["f1"][mode] = subset_f1(task, predictions, relevant)
         result["n"] = {
@@ -161,6 +165,8 @@ def robustness_results(
 ) -> dict[tuple[str, str, int], dict[str, Any]]:
     """Train (or read from cache) each row's job per dataset and seed, then evaluate it under
     every image mode; ``{(row name, dataset, seed): evaluate_modes(...)}``."""
+    from promu_lib.jobs import run_jobs
+
     seeds = list(cfg.run.seeds if seeds is None else seeds)
     jobs = {(r.name, d, s): r.job(d, s) for r in rows for d in datasets for s in seeds}
     run_jobs(cfg, list(jobs.values()), workers=workers)
@@ -225,22 +231,18 @@ def mean_f1(
     )
 
 
-def robustness_figure(
+def figure_panels(
     results: Mapping[tuple[str, str, int], dict[str, Any]],
     rows: Sequence[Row],
     datasets: Sequence[str],
     labels: Mapping[str, str] | None = None,
-) -> Any:
-    """Top: F1 per image mode (all posts); bottom: F1 with true images on posts whose image is
-    relevant vs irrelevant. One column of panels per dataset, one bar per model (``labels``:
-    row name -> legend name, default :func:`short_label`)."""
-    import matplotlib.pyplot as plt
-
-    from promu_lib.analysis import grouped_bars
-
+) -> dict[str, tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]]:
+    """Per dataset: (F1 per image mode on all posts, F1 with true images on posts whose image
+    is relevant / irrelevant), each ``{group: {model label: mean F1}}`` (``labels``: row name
+    -> legend name, default :func:`short_label`)."""
     labels = labels or {r.name: short_label(r) for r in rows}
-    fig, axes = plt.subplots(2, len(datasets), figsize=(4.2 * len(datasets), 6.4), squeeze=False)
-    for j, d in enumerate(datasets):
+    panels = {}
+    for d in datasets:
         top = {
             m: {labels.get(r.name, r.name): mean_f1(results, r.name, d, m) for r in rows}
             for m in MODES
@@ -251,15 +253,8 @@ def robustness_figure(
             }
             for s in ("relevant", "irrelevant")
         }
-        grouped_bars(top, axes[0][j], title=f"{d}: image shown", ylabel="test F1")
-        grouped_bars(bottom, axes[1][j], title=f"{d}: true image, by post", ylabel="test F1")
-        for ax in (axes[0][j], axes[1][j]):
-            ax.get_legend().remove()
-            ax.set_ylim(bottom=0)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0, 0.85, 1))
-    fig.legend(handles, names, loc="center right", fontsize="small", frameon=False)
-    return fig
+        panels[d] = (top, bottom)
+    return panels
 
 
 def summary(
@@ -325,3 +320,29 @@ def summary(
             f"the other multimodal models: {verdict}."
         )
     return lines
+
+
+# -- the study ----------------------------------------------------------------------------------
+
+
+def jobs(cfg: Config, datasets: Sequence[str] | None = None) -> list[Finetune]:
+    """Table 1's multimodal models on every dataset (default: the profile's scope) and seed."""
+    return row_jobs(multimodal_rows(), in_scope(cfg, datasets), cfg.run.seeds)
+
+
+def run(
+    cfg: Config, results: Any, out_dir: str | Path, datasets: Sequence[str] | None = None
+) -> Outputs:
+    """Evaluate each model with the true, a blank and another post's image (in worker
+    processes; cached per model), then the table, the figure and the computed sentences.
+    ``results``: the fine-tuning jobs' results (the evaluation reads their run directories)."""
+    from promu_lib import plots
+
+    datasets = in_scope(cfg, datasets)
+    rows = multimodal_rows()
+    evaluated = robustness_results(cfg, rows, datasets)
+    out = Outputs.start(cfg, out_dir)
+    out.table(robustness_table(cfg, rows, evaluated, datasets))
+    out.figure(plots.robustness_figure(figure_panels(evaluated, rows, datasets)), "robustness")
+    out.lines = summary(evaluated, rows, datasets)
+    return out

@@ -8,7 +8,7 @@ import pytest
 from worlds import toy_cfg
 
 from promu_lib.data.toyworld import build_toy_world
-from promu_lib.experiments import Finetune, run_jobs
+from promu_lib.jobs import Finetune, run_jobs
 
 pytestmark = pytest.mark.slow  # spawns two worker processes (~15 s on 2 busy cores)
 
@@ -30,7 +30,7 @@ def test_run_jobs_in_workers_runs_dependencies_first_then_reads_the_cache(tmp_pa
 
 def test_pretraining_jobs_mine_their_labels_first_in_a_process_of_their_own(tmp_path):
     from promu_lib.cache import is_done
-    from promu_lib.experiments import Pretrain
+    from promu_lib.jobs import Pretrain
     from promu_lib.mining import mining_dir
 
     cfg = toy_cfg(

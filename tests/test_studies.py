@@ -1,4 +1,4 @@
-"""Table builders of the stage notebooks, on hand-made job results (nothing trains here)."""
+"""The studies' tables and figures, on hand-made job results (nothing trains here)."""
 
 import json
 import math
@@ -11,18 +11,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from promu_lib import figures as figs  # noqa: E402
-from promu_lib import tables  # noqa: E402
+from promu_lib import plots  # noqa: E402
 from promu_lib.config import load_config  # noqa: E402
-from promu_lib.experiments import (  # noqa: E402
-    DATASETS,
-    TABLE1_ROWS,
-    TABLE2_ROWS,
-    Finetune,
-    Pretrain,
-)
+from promu_lib.jobs import Finetune, Pretrain  # noqa: E402
 from promu_lib.mining import ENTITY_TEMPLATES, RELATION_TEMPLATES, PseudoLabels  # noqa: E402
 from promu_lib.report import paper_value  # noqa: E402
+from promu_lib.studies import (
+    common,  # noqa: E402
+    fig3_tsne,  # noqa: E402
+    fig4_tail,  # noqa: E402
+    fig5_attention,  # noqa: E402
+    hvpnet,  # noqa: E402
+    table1,  # noqa: E402
+    table2,  # noqa: E402
+    table3,  # noqa: E402
+)
+from promu_lib.studies import finetune as finetune_study  # noqa: E402
+from promu_lib.studies import mining as mining_study  # noqa: E402
+from promu_lib.studies import pretrain as pretrain_study  # noqa: E402
+from promu_lib.studies.common import DATASETS  # noqa: E402
 
 
 @pytest.fixture
@@ -45,15 +52,15 @@ def _metrics(f1, p=None, r=None, per=None, dev=None, history=None, task="ner"):
 
 
 def test_results_table_mean_std_paper_and_missing(cfg):
-    promu = next(r for r in TABLE1_ROWS if r.pretrain == "promu")
-    bert = TABLE1_ROWS[0]
+    promu = next(r for r in table1.ROWS if r.pretrain == "promu")
+    bert = table1.ROWS[0]
     results = {
         promu.job("twitter2015", 0): _metrics(60.0, p=50.0, r=75.0),
         promu.job("twitter2015", 1): _metrics(64.0, p=54.0, r=79.0),
         bert.job("twitter2015", 0): _metrics(40.0),
         Pretrain("promu"): "ignored: not a fine-tuning result",
     }
-    t = tables.results_table(
+    t = common.results_table(
         cfg, "table1", [bert, promu], results, ["twitter2015", "mnre"],
         paper=("promu", "table1_prf"), paper_std=("promu", "table1_f1_std"),
     )  # fmt: skip
@@ -67,7 +74,7 @@ def test_results_table_mean_std_paper_and_missing(cfg):
     assert (row.cells["twitter2015 P"].paper, f1.paper) == (paper[0], paper[2])
     assert f1.paper_std == paper_value("promu", "table1_f1_std", "PROMU (Ours)", "twitter2015")
     assert row.cells["twitter2015 P"].paper_std is None  # the paper gives std for F1 only
-    assert row.cells["mnre F1"].values == () and row.cells["mnre F1"].reason == tables.NOT_RUN
+    assert row.cells["mnre F1"].values == () and row.cells["mnre F1"].reason == common.NOT_RUN
     # BERT-CRF has no MNRE number in the paper (MTB is the MRE text-only row)
     bert_row = {r.name: r for r in t.rows}[bert.name]
     assert bert_row.cells["mnre F1"].paper == paper_value("promu", "table1_prf", "MTB", "mnre")[2]
@@ -79,17 +86,17 @@ def test_results_table_mean_std_paper_and_missing(cfg):
 
 def test_f1_only_table_and_comparisons(cfg):
     results = {}
-    for k, (row, f1) in enumerate(zip(TABLE2_ROWS, (50.0, 55.0, 58.0))):
+    for k, (row, f1) in enumerate(zip(table2.ROWS, (50.0, 55.0, 58.0))):
         for d in DATASETS:
             for s in (0, 1):
                 results[row.job(d, s)] = _metrics(f1 + s + (k == 2 and d == "mnre") * -20)
-    t = tables.results_table(
-        cfg, "table2", TABLE2_ROWS, results, DATASETS, paper=("promu", "table2_f1"),
+    t = common.results_table(
+        cfg, "table2", table2.ROWS, results, DATASETS, paper=("promu", "table2_f1"),
         metrics=("F1",),
     )  # fmt: skip
     assert t.columns == [f"{d} F1" for d in DATASETS]
     assert t.rows[0].cells["mnre F1"].paper == paper_value("promu", "table2_f1", "MMIB", "mnre")
-    cmp = tables.compare_rows(t, TABLE2_ROWS[2].name, TABLE2_ROWS[0].name)
+    cmp = common.compare_rows(t, table2.ROWS[2].name, table2.ROWS[0].name)
     assert cmp.diffs["twitter2015 F1"] == pytest.approx(8.0)
     assert cmp.diffs["mnre F1"] == pytest.approx(-12.0)
     paper = paper_value("promu", "table2_f1")
@@ -97,14 +104,14 @@ def test_f1_only_table_and_comparisons(cfg):
     assert cmp.holds == {"twitter2015 F1": True, "twitter2017 F1": True, "mnre F1": False}
     assert "higher in 2 of 3 measured columns" in cmp.sentence()
     with pytest.raises(KeyError, match="no row"):
-        tables.compare_rows(t, "nope", TABLE2_ROWS[0].name)
+        common.compare_rows(t, "nope", table2.ROWS[0].name)
 
 
 def test_table1_claims_name_each_claim(cfg):
-    results = {r.job("twitter2015", 0): _metrics(10.0 * i) for i, r in enumerate(TABLE1_ROWS)}
-    t = tables.results_table(cfg, "table1", TABLE1_ROWS, results, ["twitter2015"])
-    claims = tables.table1_claims(t, TABLE1_ROWS)
-    assert len(claims) == len(tables.TABLE1_CLAIMS)
+    results = {r.job("twitter2015", 0): _metrics(10.0 * i) for i, r in enumerate(table1.ROWS)}
+    t = common.results_table(cfg, "table1", table1.ROWS, results, ["twitter2015"])
+    claims = table1.claims(t, table1.ROWS)
+    assert len(claims) == len(table1.CLAIMS)
     assert claims[0].startswith("*multimodal beats text-only?* HVPNeT vs Text only")
     assert "+10.00 on twitter2015 F1" in claims[0]  # HVPNeT is row 1, text-only row 0
     assert "paper +3.51" in claims[0]
@@ -115,22 +122,22 @@ def test_table1_claims_name_each_claim(cfg):
 
 def test_template_order_matches_the_paper():
     paper = paper_value("promu", "table3")
-    for name, e, r in tables.template_pairs():
+    for name, e, r in table3.template_pairs():
         en, rn = name.split("+")
         assert ENTITY_TEMPLATES[e] == paper["entity_templates"][en]
         assert RELATION_TEMPLATES[r] == paper["relation_templates"][rn]
-    assert [n for n, *_ in tables.template_pairs()] == list(paper["f1"])
+    assert [n for n, *_ in table3.template_pairs()] == list(paper["f1"])
 
 
 def test_template_table(cfg):
-    jobs = tables.template_jobs(["mnre"], [0])
+    jobs = table3.template_jobs(["mnre"], [0])
     assert len(jobs) == 6 and jobs[0].init == Pretrain("promu")  # 1+A is Table 1's PROMU
     results = {j: _metrics(10.0 + i, task="re") for i, j in enumerate(jobs)}
-    t = tables.template_table(cfg, results, ["mnre", "twitter2015"])
+    t = table3.template_table(cfg, results, ["mnre", "twitter2015"])
     last = t.rows[-1]
     assert last.name == "2+C" and last.cells["mnre"].values == (15.0,)
     assert last.cells["mnre"].paper == paper_value("promu", "table3", "f1", "2+C", "mnre")
-    assert last.cells["twitter2015"].reason == tables.NOT_RUN
+    assert last.cells["twitter2015"].reason == common.NOT_RUN
     assert "mining.relation_template=2" in last.rerun
 
 
@@ -143,14 +150,14 @@ def test_fig4_gains_tail_types_and_relative(cfg):
     new_rel = {f"r{i}": (20.0 if i < 8 else 10.0, 3) for i in range(10)}
     results = {}
     for s in (0, 1):
-        results[tables.scratch_job("mnre", s)] = _metrics(1.0, per=base_rel, task="re")
-        results[tables.promu_job("mnre", s)] = _metrics(1.0, per=new_rel, task="re")
+        results[common.scratch_job("mnre", s)] = _metrics(1.0, per=base_rel, task="re")
+        results[common.promu_job("mnre", s)] = _metrics(1.0, per=new_rel, task="re")
         for d, org in (("twitter2015", 40.0), ("twitter2017", 20.0)):
             base = {"PER": (50.0, 5), "ORG": (org, 5), "MISC": (0.0, 5), "LOC": (50.0, 0)}
             new = {"PER": (50.0, 5), "ORG": (org + 10.0, 5), "MISC": (10.0, 5), "LOC": (0.0, 0)}
-            results[tables.scratch_job(d, s)] = _metrics(1.0, per=base)
-            results[tables.promu_job(d, s)] = _metrics(1.0, per=new)
-    gains = tables.fig4_gains(results, [0, 1], counts)
+            results[common.scratch_job(d, s)] = _metrics(1.0, per=base)
+            results[common.promu_job(d, s)] = _metrics(1.0, per=new)
+    gains = fig4_tail.fig4_gains(results, [0, 1], counts)
     # "absent" is rare but has no test line; "None" is the negative class
     assert gains.tail == [f"r{i}" for i in range(8)]
     tail = gains.summary["MRE: the 8 tail relations"]
@@ -162,12 +169,12 @@ def test_fig4_gains_tail_types_and_relative(cfg):
     misc = gains.summary["MNER: MISC"]  # base F1 0: no relative gain
     assert misc["gain (F1 points)"] == [10.0, 10.0] and misc["gain (%)"] == []
     assert set(gains.per_class["twitter2015"]) == {"PER", "ORG", "MISC"}  # LOC has no support
-    t = tables.fig4_table(cfg, gains)
+    t = fig4_tail.fig4_table(cfg, gains)
     rows = {r.name: r for r in t.rows}
     assert rows["MNER: MISC"].cells["gain (%)"].reason
     assert rows["MRE: the 8 tail relations"].cells["gain (%)"].paper == 25.5
     assert rows["MNER twitter2017: all types"].cells["gain (%)"].paper == 6.0
-    fig = figs.fig4_figure(gains)
+    fig = plots.fig4_figure(gains)
     assert len(fig.axes) == 3
     plt.close(fig)
 
@@ -176,11 +183,11 @@ def test_fig4_gains_tail_types_and_relative(cfg):
 
 
 def test_cross_task_jobs_and_table(cfg):
-    jobs = tables.cross_task_jobs([0])
+    jobs = hvpnet.cross_task_jobs([0])
     assert Finetune("mnre", "hvpnet", init=Finetune("twitter2017", "hvpnet")) in jobs
     assert Finetune("mnre", "hvpnet") in jobs and len(jobs) == 4
     results = {j: _metrics(30.0 if j.init else 20.0) for j in jobs}
-    t = tables.cross_task_table(cfg, results)
+    t = hvpnet.cross_task_table(cfg, results)
     direct, after = t.rows
     col = "twitter2017 → mnre"
     assert direct.cells[col].values == (20.0,) and after.cells[col].values == (30.0,)
@@ -189,17 +196,17 @@ def test_cross_task_jobs_and_table(cfg):
 
 def test_low_resource_table_and_curves(cfg):
     fractions = [0.5, 1.0]
-    jobs = tables.low_resource_jobs(["mnre"], [0, 1], fractions)
+    jobs = hvpnet.low_resource_jobs(["mnre"], [0, 1], fractions)
     assert len(jobs) == 3 * 2 * 2 and {j.train_fraction for j in jobs} == set(fractions)
     assert Finetune("mnre", "bert", seed=1) in jobs  # 100% is Table 1's job (cached)
     results = {j: _metrics(100 * j.train_fraction + j.seed) for j in jobs if j.model != "bert"}
-    t, curves = tables.low_resource_table(
-        cfg, results, tables.LOW_RESOURCE_MODELS, ["mnre"], fractions
+    t, curves = hvpnet.low_resource_table(
+        cfg, results, hvpnet.LOW_RESOURCE_MODELS, ["mnre"], fractions
     )
     assert curves["mnre"]["hvpnet"] == [[50.0, 51.0], [100.0, 101.0]]
     assert curves["mnre"]["text only (bert)"] == [[], []]
-    assert t.rows[0].cells["50%"].reason == tables.NOT_RUN
-    fig = figs.low_resource_figure(curves, fractions)
+    assert t.rows[0].cells["50%"].reason == common.NOT_RUN
+    fig = plots.low_resource_figure(curves, fractions)
     plt.close(fig)
 
 
@@ -235,19 +242,19 @@ def test_pseudo_label_agreement_and_summary(cfg):
         {"img_id": "b.jpg", "objects": [{"cls": "car", "box": [0, 0, 32, 32]}], "relation": "/per/per/parent"},
         {"img_id": "unknown.jpg", "objects": [], "relation": None},
     ]  # fmt: skip
-    a = tables.pseudo_label_agreement(labels, truth)
+    a = mining_study.pseudo_label_agreement(labels, truth)
     assert a["entity_boxes_matched"] == 2  # a.jpg box 0 (dog, right) and b.jpg box 0 (tree, wrong)
     assert a["entity_agreement"] == 50.0
     assert a["relation_images"] == 2 and a["relation_agreement"] == 50.0
     assert a["entity_chance"] == pytest.approx(100 / 3)
-    t = tables.mining_summary(cfg, labels, a)
+    t = mining_study.mining_summary(cfg, labels, a)
     rows = {r.name: r for r in t.rows}
     assert rows["entity agreement with truth (%)"].cells["value"].values == (50.0,)
     assert rows["confident objects"].cells["value"].reason == "not available"
-    nouns = tables.nouns_table(cfg, labels, k=3)
+    nouns = mining_study.nouns_table(cfg, labels, k=3)
     assert [r.name for r in nouns.rows] == ["dog", "car", "tree"]
     assert nouns.rows[2].cells["count"].reason == "no count"
-    assert "This is an image of dog." in tables.prompts_markdown(labels)
+    assert "This is an image of dog." in mining_study.prompts_markdown(labels)
 
 
 def test_pretrain_history_and_summary(cfg, tmp_path):
@@ -258,30 +265,30 @@ def test_pretrain_history_and_summary(cfg, tmp_path):
         {"step": 2, "itm": 0.6, "cit": 1.5, "total": 2.1},
     ]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    hist = tables.pretrain_history(run / "encoder.safetensors")
+    hist = pretrain_study.pretrain_history(run / "encoder.safetensors")
     assert hist == rows
-    t = tables.pretrain_summary(cfg, {"align-only": hist, "promu": []})
+    t = pretrain_study.pretrain_summary(cfg, {"align-only": hist, "promu": []})
     first, second = t.rows
     assert first.cells["itm"].values == (0.6,) and first.cells["coe"].reason == "switched off"
     assert first.config == {"pretrain.lambda_coe": 0.0, "pretrain.lambda_cir": 0.0}
     assert second.cells["total"].reason == "no logged step"
-    fig = figs.pretrain_losses_figure({"align-only": hist}, main="align-only")
+    fig = plots.pretrain_losses_figure({"align-only": hist}, main="align-only")
     assert [line.get_label() for line in fig.axes[0].lines] == ["L_ITM", "L_CIT"]
     plt.close(fig)
 
 
 def test_finetune_summary_and_curves(cfg):
-    row = TABLE1_ROWS[0]
+    row = table1.ROWS[0]
     hist = [{"epoch": 0, "dev_f1": 10.0}, {"epoch": 1, "dev_f1": 30.0}]
     results = {row.job("mnre", s): _metrics(5.0, dev=30.0 + s, history=hist) for s in (0, 1)}
-    t = tables.finetune_summary(cfg, TABLE1_ROWS[:2], results, ["mnre"])
+    t = finetune_study.finetune_summary(cfg, table1.ROWS[:2], results, ["mnre"])
     assert t.rows[0].cells["mnre"].values == (30.0, 31.0)
-    assert t.rows[1].cells["mnre"].reason == tables.NOT_RUN
-    fig = figs.dev_curves_figure(results, TABLE1_ROWS[:2], ["mnre"], seed=0)
+    assert t.rows[1].cells["mnre"].reason == common.NOT_RUN
+    fig = plots.dev_curves_figure(results, table1.ROWS[:2], ["mnre"], seed=0)
     (line,) = fig.axes[0].lines
     assert list(line.get_ydata()) == [10.0, 30.0]
     plt.close(fig)
-    bars = figs.table_bars(t, ["mnre"])
+    bars = plots.table_bars(t, ["mnre"])
     plt.close(bars)
 
 
@@ -302,9 +309,9 @@ def test_nearest_label_agreement_and_consistency_table(cfg):
         ["entity", "entity", "object", "object", "object"],
     )
     # entity PER -> nearest object PER (right); entity LOC -> nearest object PER (wrong)
-    assert tables.nearest_label_agreement(emb, "entity", "object") == 50.0
-    assert math.isnan(tables.nearest_label_agreement(emb, "entity", "image"))
-    t = tables.consistency_table(
+    assert fig3_tsne.nearest_label_agreement(emb, "entity", "object") == 50.0
+    assert math.isnan(fig3_tsne.nearest_label_agreement(emb, "entity", "image"))
+    t = fig3_tsne.consistency_table(
         cfg, {"m": {"entity-object": emb}}, {"entity-object": ("entity", "object"), "x": ("a", "b")}
     )
     cells = t.rows[0].cells
@@ -316,10 +323,55 @@ def test_attention_table(cfg):
         def __init__(self, share, pred, gold):
             self.object_share, self.pred, self.gold = share, pred, gold
 
-    t = tables.attention_table(
+    t = fig5_attention.attention_table(
         cfg, {"a": [Case(0.5, "B-PER", "PER"), Case(None, "O", "LOC")], "b": []}
     )
     a, b = t.rows
     assert a.cells["attention on the object (%)"].values == (50.0,)
     assert a.cells["type right (%)"].values == (50.0,)
     assert b.cells["type right (%)"].reason == "no post"
+
+
+# -- a study's run: what it promises, it writes ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "study", [table1, table2, table3, finetune_study], ids=lambda m: m.__name__.rsplit(".")[-1]
+)
+def test_run_writes_exactly_its_products_and_shows_them(study, cfg, tmp_path, monkeypatch):
+    """On hand-made results for every job of the study, ``run`` saves each promised table and
+    figure (and nothing else) and ``show`` displays them in order."""
+    from promu_lib import studies
+
+    cfg = cfg.replace(**{"run.seeds": [0]})
+    results = {
+        job: {
+            **_metrics(50.0 + i, history=[{"epoch": 0, "dev_f1": 40.0 + i}]),
+            "dataset": job.dataset,
+            "model": job.model,
+            "seed": job.seed,
+            "image_mode": job.image_mode,
+            "epochs_run": 1,
+            "seconds": 1.0,
+        }  # fmt: skip
+        for i, job in enumerate(study.jobs(cfg, ["twitter2015", "mnre"]))
+    }
+    open_before = set(plt.get_fignums())
+    out = study.run(cfg, results, tmp_path, ["twitter2015", "mnre"])
+    assert set(plt.get_fignums()) == open_before  # saved figures are closed: show() reads files
+    assert sorted(tmp_path.iterdir()) == sorted(studies.products(study, tmp_path))
+    assert list(out.tables) == list(study.TABLES) and list(out.figures) == list(study.FIGURES)
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda x: shown.append(type(x).__name__))
+    out.show()
+    assert shown == ["Markdown"] * bool(out.lines) + [
+        "Table" if kind == "table" else "Image" for kind, _ in out.order
+    ]
+
+
+def test_table1_run_checks_each_claim(cfg, tmp_path):
+    cfg = cfg.replace(**{"run.seeds": [0]})
+    results = {job: _metrics(60.0) for job in table1.jobs(cfg, ["mnre"])}
+    out = table1.run(cfg, results, tmp_path, ["mnre"])
+    assert len(out.lines) == len(table1.CLAIMS)
+    assert "+0.00 on mnre F1" in out.lines[0] and "higher in 0 of 1" in out.lines[0]

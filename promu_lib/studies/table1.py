@@ -1,0 +1,116 @@
+"""PROMU Table 1: main results and ablations (test P/R/F1 on Twitter-2015, Twitter-2017, MNRE).
+
+The rows that the paper fills with external systems are stood in for by models of this
+repository (toy-world stand-ins named):
+
+- text-only baselines: ``bert`` (BERT-CRF for MNER, MTB-style markers for MRE);
+- HVPNeT: ``hvpnet``;
+- the CLIP/Oscar/VisualBERT/BLIP pre-training rows: our fusion model pre-trained with the
+  alignment losses only (ITM + CIT), pre-training variant ``align-only``;
+- PROMU and its three ablations: variants ``promu``, ``no-coe``, ``no-cir``, ``hard``.
+
+Add a row: one more :class:`~promu_lib.studies.common.Row` in :data:`ROWS` (a model of
+``promu_lib.models.registry`` and, optionally, a pre-training variant of
+``promu_lib.jobs.PRETRAIN_VARIANTS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from promu_lib.config import Config
+from promu_lib.jobs import Finetune
+from promu_lib.report import Table
+from promu_lib.studies.common import (
+    Outputs,
+    Results,
+    Row,
+    _same,
+    compare_rows,
+    in_scope,
+    results_table,
+    row_jobs,
+    row_name,
+)
+
+NOTEBOOK = "04_table1.ipynb"
+TITLE = "Table 1: main results and ablations"
+READER = True
+TABLES = ("table1",)
+FIGURES = ("table1_f1",)
+
+ROWS: tuple[Row, ...] = (
+    Row(
+        "Text only (BERT-CRF / MTB)",
+        "bert",
+        paper={"twitter2015": "BERT-CRF", "twitter2017": "BERT-CRF", "mnre": "MTB"},
+    ),
+    Row("HVPNeT", "hvpnet", paper=_same("HVPNeT")),
+    Row("Fusion model, no pre-training", "promu"),
+    Row(
+        "Alignment-only pre-training (ITM+CIT; stands in for CLIP/BLIP rows)",
+        "promu",
+        "align-only",
+        paper=_same("BLIP"),
+    ),
+    Row("PROMU (ours)", "promu", "promu", paper=_same("PROMU (Ours)")),
+    Row(
+        "w/o entity-object alignment",
+        "promu",
+        "no-coe",
+        paper=_same("Ours w/o Entity-Object Alignment"),
+    ),
+    Row(
+        "w/o relation-image alignment",
+        "promu",
+        "no-cir",
+        paper=_same("Ours w/o Relation-Image Alignment"),
+    ),
+    Row("w/o soft pseudo-labels", "promu", "hard", paper=_same("Ours w/o Soft Pseudo Labels")),
+)
+
+# (claim, (model, pre-training) of the row that should be higher, of the row that should be lower)
+CLAIMS: tuple[tuple[str, tuple[str, str | None], tuple[str, str | None]], ...] = (
+    ("multimodal beats text-only", ("hvpnet", None), ("bert", None)),
+    ("PROMU pre-training beats no pre-training", ("promu", "promu"), ("promu", None)),
+    ("PROMU beats alignment-only pre-training", ("promu", "promu"), ("promu", "align-only")),
+    ("entity-object alignment helps", ("promu", "promu"), ("promu", "no-coe")),
+    ("relation-image alignment helps", ("promu", "promu"), ("promu", "no-cir")),
+    ("soft pseudo-labels beat hard ones", ("promu", "promu"), ("promu", "hard")),
+)
+
+
+def jobs(cfg: Config, datasets: Sequence[str] | None = None) -> list[Finetune]:
+    """Every row on every dataset (default: the profile's scope) and seed."""
+    return row_jobs(ROWS, in_scope(cfg, datasets), cfg.run.seeds)
+
+
+def table(cfg: Config, results: Results, datasets: Sequence[str]) -> Table:
+    return results_table(
+        cfg, "table1", ROWS, results, datasets,
+        paper=("promu", "table1_prf"), paper_std=("promu", "table1_f1_std"),
+        title="Main results: test P/R/F1", paper_source="PROMU Table 1",
+    )  # fmt: skip
+
+
+def claims(table: Table, rows: Sequence[Row] = ROWS) -> list[str]:
+    """One computed sentence per claim of :data:`CLAIMS` (measured and paper gaps)."""
+    out = []
+    for claim, better, worse in CLAIMS:
+        cmp = compare_rows(table, row_name(rows, *better), row_name(rows, *worse))
+        out.append(f"*{claim}?* {cmp.sentence()}")
+    return out
+
+
+def run(
+    cfg: Config, results: Results, out_dir: str | Path, datasets: Sequence[str] | None = None
+) -> Outputs:
+    """Table 1, its bar chart and the claims checked on it."""
+    from promu_lib import plots
+
+    out = Outputs.start(cfg, out_dir)
+    t = out.table(table(cfg, results, in_scope(cfg, datasets)))
+    out.figure(plots.table_bars(t, title="Table 1: test F1"), "table1_f1")
+    out.lines = claims(t)
+    return out
