@@ -20,10 +20,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("models", "teacher", "detect", "guards")),
     ("train", ("train", "mining")),
     ("jobs", ("jobs", "chat")),
-    ("report", ("report", "analysis", "plots", "predict")),
+    ("report", ("report", "evidence", "analysis", "plots", "predict")),
     ("notebook", ("notebook",)),  # the notebooks' set-up: seeds through train.common
     ("studies", ("studies",)),
-    ("pipeline", ("pipeline", "cli")),
+    ("pipeline", ("pipeline", "pages", "cli")),
 )
 ENTRY_POINTS = {"promu_lib.data.cli", "promu_lib.train.cli"}  # `promu` subcommands: own layer
 

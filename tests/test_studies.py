@@ -107,14 +107,55 @@ def test_f1_only_table_and_comparisons(cfg):
         common.compare_rows(t, "nope", table2.ROWS[0].name)
 
 
-def test_table1_claims_name_each_claim(cfg):
-    results = {r.job("twitter2015", 0): _metrics(10.0 * i) for i, r in enumerate(table1.ROWS)}
-    t = common.results_table(cfg, "table1", table1.ROWS, results, ["twitter2015"])
-    claims = table1.claims(t, table1.ROWS)
+def _fake_run(cfg, job, rows):
+    """A finished fine-tuning run of ``job`` on disk: its metrics and test predictions."""
+    if job.init is not None:  # the run directory hashes the file it starts from
+        init = job.init_file(cfg)
+        init.parent.mkdir(parents=True, exist_ok=True)
+        init.write_bytes(b"weights of " + repr(job.init).encode())
+    d = job.out_dir(cfg)
+    d.mkdir(parents=True, exist_ok=True)
+    task = "re" if job.dataset == "mnre" else "ner"
+    (d / "metrics.json").write_text(json.dumps({"task": task}))
+    (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+RELATIONS = ["None", "/per/per/couple", "/per/per/parent"]
+
+
+def _re_predictions(right: int, n: int = 90):
+    """``n`` MNRE test posts, the first ``right`` of them predicted right."""
+    gold = [RELATIONS[i % 3] for i in range(n)]
+    return [
+        {"id": f"m{i}", "gold": g, "pred": g if i < right else RELATIONS[(i + 1) % 3]}
+        for i, g in enumerate(gold)
+    ]
+
+
+def test_table1_claims_gap_interval_and_verdict(cfg, tmp_path):
+    """HVPNeT right on every post, text-only on a third: "multimodal beats text-only" holds;
+    rows with the same predictions tie (inconclusive); a row not run is not measured."""
+    cfg = cfg.replace(**{"run.seeds": [0, 1], "run.output_dir": str(tmp_path / "runs")})
+    for job in table1.jobs(cfg, ["mnre"]):
+        if job.model == "bert":
+            _fake_run(cfg, job, _re_predictions(30))
+        elif job.init is None or job.init.variant != "hard":  # w/o soft labels: not run
+            _fake_run(cfg, job, _re_predictions(90 if job.model == "hvpnet" else 60))
+    results = {job: _metrics(50.0) for job in table1.jobs(cfg, ["mnre"])}
+    t = common.results_table(cfg, "table1", table1.ROWS, results, ["mnre"])
+    claims = {c.claim: c for c in table1.claims(cfg, t, ["mnre"])}
     assert len(claims) == len(table1.CLAIMS)
-    assert claims[0].startswith("*multimodal beats text-only?* HVPNeT vs Text only")
-    assert "+10.00 on twitter2015 F1" in claims[0]  # HVPNeT is row 1, text-only row 0
-    assert "paper +3.51" in claims[0]
+    mm = claims["multimodal beats text-only"]
+    assert mm.gap.verdict == "holds" and mm.gap.n_seeds == 2 and mm.gap.n_posts == 90
+    assert mm.gap.point == pytest.approx(100.0 - 100 * 2 * 20 / (60 + 60), abs=1e-9)
+    assert mm.paper_gap == pytest.approx(
+        paper_value("promu", "table1_prf", "HVPNeT", "mnre")[2]
+        - paper_value("promu", "table1_prf", "MTB", "mnre")[2]
+    )
+    tie = claims["entity-object alignment helps"]
+    assert tie.gap.point == 0.0 and tie.gap.verdict == "inconclusive"
+    missing = claims["soft pseudo-labels beat hard ones"]
+    assert missing.gap is None and missing.record()["verdict"] == "not measured"
 
 
 # -- Table 3 ------------------------------------------------------------------------------------
@@ -364,14 +405,15 @@ def test_run_writes_exactly_its_products_and_shows_them(study, cfg, tmp_path, mo
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda x: shown.append(type(x).__name__))
     out.show()
-    assert shown == ["Markdown"] * bool(out.lines) + [
-        "Table" if kind == "table" else "Image" for kind, _ in out.order
-    ]
+    kinds = {"table": "Table", "figure": "Image", "claims": "Markdown"}
+    assert shown == ["Markdown"] * bool(out.lines) + [kinds[kind] for kind, _ in out.order]
 
 
-def test_table1_run_checks_each_claim(cfg, tmp_path):
-    cfg = cfg.replace(**{"run.seeds": [0]})
+def test_table1_run_writes_a_claim_per_claim_and_dataset(cfg, tmp_path):
+    cfg = cfg.replace(**{"run.seeds": [0], "run.output_dir": str(tmp_path / "runs")})
     results = {job: _metrics(60.0) for job in table1.jobs(cfg, ["mnre"])}
-    out = table1.run(cfg, results, tmp_path, ["mnre"])
-    assert len(out.lines) == len(table1.CLAIMS)
-    assert "+0.00 on mnre F1" in out.lines[0] and "higher in 0 of 1" in out.lines[0]
+    out = table1.run(cfg, results, tmp_path / "fig", ["mnre"])
+    assert len(out.lines) == len(out.claims) == len(table1.CLAIMS)
+    assert all("not measured" in line for line in out.lines)  # no predictions on disk
+    md = (tmp_path / "fig" / "table1_claims.md").read_text()
+    assert "toy-world numbers" in md and "seeds [0]" in md

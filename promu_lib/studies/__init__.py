@@ -8,6 +8,7 @@ A study module defines::
     READER = True                   # needs only trained jobs: may run beside another reader
     TABLES = ("table1",)            # what run() writes: <name>.csv/.md/.config.json
     FIGURES = ("table1_f1",)        #                    <name>.png/.pdf
+    CLAIMS_TABLE = "table1_claims"  #                    <name>.csv/.md (optional)
 
     def jobs(cfg, **params) -> list[Job]            # what it trains (optional)
     def run(cfg, results, out_dir, **params) -> Outputs
@@ -74,6 +75,8 @@ def products(module: ModuleType, out_dir: str | Path) -> list[Path]:
     """Every file a study's ``run`` promises under ``out_dir``."""
     d = Path(out_dir)
     tables = [d / f"{t}{ext}" for t in module.TABLES for ext in (".csv", ".md", ".config.json")]
+    claims = getattr(module, "CLAIMS_TABLE", None)
+    tables += [d / f"{claims}{ext}" for ext in (".csv", ".md")] if claims else []
     return tables + [d / f"{f}{ext}" for f in module.FIGURES for ext in (".png", ".pdf")]
 
 

@@ -7,7 +7,7 @@ package docstring for what it defines.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +223,81 @@ def scratch_vs_promu_jobs(datasets: Sequence[str], seeds: Sequence[int]) -> list
 
 
 # ---------------------------------------------------------------------------------------------
+# Claims: a gap between two sets of jobs with its interval and verdict (promu_lib.evidence)
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_counts(cfg: Config, jobs: Sequence[Finetune]) -> list[Any] | None:
+    """The per-post counts of each job's test predictions (None when one has not run)."""
+    from promu_lib.evidence import read_counts
+
+    out = []
+    for job in jobs:
+        init = job.init_file(cfg)
+        if init is not None and not init.is_file():  # what it starts from never ran
+            return None
+        run_dir = job.out_dir(cfg)
+        if not (run_dir / "predictions.jsonl").is_file():
+            return None
+        out.append(read_counts(run_dir))
+    return out
+
+
+def jobs_claim(
+    cfg: Config,
+    study: str,
+    claim: str,
+    dataset: str,
+    better: tuple[str, Callable[[int], Finetune]],
+    worse: tuple[str, Callable[[int], Finetune]],
+    paper_gap: float | None = None,
+    **gap_options: Any,
+) -> Any:
+    """A :class:`promu_lib.evidence.Claim`: ``better = (name, seed -> job)`` against ``worse``
+    over the run's seeds. ``gap_options`` go to ``evidence.paired_gap`` (``statistic``,
+    ``classes``) plus ``statistic_name`` for the table."""
+    from promu_lib.evidence import Claim, paired_gap
+
+    name = gap_options.pop("statistic_name", "test F1 gap (points)")
+    seeds = seeds_of(cfg)
+    b = seed_counts(cfg, [better[1](s) for s in seeds])
+    w = seed_counts(cfg, [worse[1](s) for s in seeds])
+    kw = {"study": study, "claim": claim, "dataset": dataset, "better": better[0],
+          "worse": worse[0], "paper_gap": paper_gap, "statistic": name}  # fmt: skip
+    if b is None or w is None:
+        return Claim(**kw, gap=None, reason=NOT_RUN)
+    return Claim(**kw, gap=paired_gap(b, w, **gap_options))
+
+
+def row_claim(
+    cfg: Config, study: str, claim: str, dataset: str, better: Row, worse: Row,
+    table: Table | None = None,
+) -> Any:  # fmt: skip
+    """The F1 gap of ``better`` over ``worse`` on ``dataset``, with the paper's gap from
+    ``table`` (its ``"<dataset> F1"`` or ``"<dataset>"`` column) where it has both rows."""
+    paper = None
+    if table is not None:
+        rows = {r.name: r for r in table.rows}
+        col = next((c for c in (f"{dataset} F1", dataset) if c in table.columns), None)
+        if col and better.name in rows and worse.name in rows:
+            a, b = rows[better.name].cells[col].paper, rows[worse.name].cells[col].paper
+            paper = None if a is None or b is None else a - b
+    return jobs_claim(
+        cfg, study, claim, dataset, (better.name, lambda s: better.job(dataset, s)),
+        (worse.name, lambda s: worse.job(dataset, s)), paper,
+    )  # fmt: skip
+
+
+def claims_title(cfg: Config) -> str:
+    """What every claims table says about its numbers: profile, seeds, data, toy or not."""
+    from promu_lib.report import TOY_NOTE, data_version
+
+    seeds = ", ".join(map(str, cfg.run.seeds))
+    toy = f" Gaps are {TOY_NOTE}." if cfg.data.toy is not None else ""
+    return f"Profile '{cfg.profile}', seeds [{seeds}], data: {data_version(cfg)}.{toy}"
+
+
+# ---------------------------------------------------------------------------------------------
 # What a study's ``run`` made
 # ---------------------------------------------------------------------------------------------
 
@@ -239,6 +314,7 @@ class Outputs:
     tables: dict[str, Table] = field(default_factory=dict)
     figures: dict[str, list[Path]] = field(default_factory=dict)  # name -> its png, pdf
     lines: list[str] = field(default_factory=list)
+    claims: list[Any] = field(default_factory=list)  # promu_lib.evidence.Claim
     order: list[tuple[str, str]] = field(default_factory=list)  # ("table"|"figure", name)
 
     @classmethod
@@ -267,6 +343,17 @@ class Outputs:
         self.order.append(("figure", name))
         return self.figures[name]
 
+    def add_claims(self, cfg: Config, claims: Sequence[Any], name: str) -> list[Any]:
+        """Save the claims as ``<name>.csv`` / ``.md`` (gap, interval, verdict per claim and
+        dataset) and show them as the lines."""
+        from promu_lib.evidence import save_claims
+
+        save_claims(claims, self.out_dir, name, claims_title(cfg))
+        self.claims = list(claims)
+        self.lines = [c.sentence() for c in claims]
+        self.order.append(("claims", name))
+        return self.claims
+
     def markdown(self) -> str:
         """The lines as a markdown list."""
         return "\n".join(f"- {line}" for line in self.lines)
@@ -283,5 +370,7 @@ class Outputs:
                 continue
             if kind == "table":
                 display(self.tables[name])
+            elif kind == "claims":
+                display(Markdown((self.out_dir / f"{name}.md").read_text(encoding="utf-8")))
             else:
                 display(Image(data=self.figures[name][0].read_bytes()))

@@ -29,6 +29,7 @@ from promu_lib.studies.common import (
     per_seed,
     promu_job,
     results_table,
+    row_claim,
     row_jobs,
     seeds_of,
 )
@@ -43,6 +44,7 @@ TITLE = "HVPNeT: variants, low resource, cross-task, gates"
 READER = True
 TABLES = ("hvpnet_variants", "hvpnet_low_resource", "hvpnet_cross_task")
 FIGURES = ("hvpnet_variants", "hvpnet_low_resource", "hvpnet_cross_task", "hvpnet_gates")
+CLAIMS_TABLE = "hvpnet_claims"
 
 
 VARIANT_ROWS: tuple[Row, ...] = (
@@ -240,6 +242,16 @@ def jobs(
     ]
 
 
+def claims(cfg: Config, table: Table, datasets: Sequence[str]) -> list[Any]:
+    """HVPNeT Table 1's claim: the full model beats each of its variants, per dataset."""
+    *variants, full = VARIANT_ROWS
+    return [
+        row_claim(cfg, "hvpnet", f"the full model beats {v.name}", d, full, v, table)
+        for v in variants
+        for d in datasets
+    ]
+
+
 def run(
     cfg: Config,
     results: Results,
@@ -270,4 +282,7 @@ def run(
     out.lines = [compare_rows(cross, cross.rows[1].name, cross.rows[0].name).sentence()]
     gates = gates_by_dataset(cfg, gate_jobs(cfg, datasets), n_gate_posts)
     out.figure(plots.gates_figure(gates), "hvpnet_gates")
+    transfer = out.lines
+    out.add_claims(cfg, claims(cfg, variants, datasets), CLAIMS_TABLE)
+    out.lines = transfer + out.lines
     return out

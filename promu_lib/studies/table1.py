@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from promu_lib.config import Config
 from promu_lib.jobs import Finetune
@@ -27,11 +28,10 @@ from promu_lib.studies.common import (
     Results,
     Row,
     _same,
-    compare_rows,
     in_scope,
     results_table,
+    row_claim,
     row_jobs,
-    row_name,
 )
 
 NOTEBOOK = "04_table1.ipynb"
@@ -39,6 +39,7 @@ TITLE = "Table 1: main results and ablations"
 READER = True
 TABLES = ("table1",)
 FIGURES = ("table1_f1",)
+CLAIMS_TABLE = "table1_claims"
 
 ROWS: tuple[Row, ...] = (
     Row(
@@ -94,12 +95,13 @@ def table(cfg: Config, results: Results, datasets: Sequence[str]) -> Table:
     )  # fmt: skip
 
 
-def claims(table: Table, rows: Sequence[Row] = ROWS) -> list[str]:
-    """One computed sentence per claim of :data:`CLAIMS` (measured and paper gaps)."""
+def claims(cfg: Config, table: Table, datasets: Sequence[str]) -> list[Any]:
+    """Each claim of :data:`CLAIMS` on each dataset: gap, 95% interval, verdict
+    (``promu_lib.evidence``), with the paper's gap from ``table``."""
     out = []
     for claim, better, worse in CLAIMS:
-        cmp = compare_rows(table, row_name(rows, *better), row_name(rows, *worse))
-        out.append(f"*{claim}?* {cmp.sentence()}")
+        a, b = (next(r for r in ROWS if (r.model, r.pretrain) == key) for key in (better, worse))
+        out += [row_claim(cfg, "table1", claim, d, a, b, table) for d in datasets]
     return out
 
 
@@ -112,5 +114,5 @@ def run(
     out = Outputs.start(cfg, out_dir)
     t = out.table(table(cfg, results, in_scope(cfg, datasets)))
     out.figure(plots.table_bars(t, title="Table 1: test F1"), "table1_f1")
-    out.lines = claims(t)
+    out.add_claims(cfg, claims(cfg, t, in_scope(cfg, datasets)), CLAIMS_TABLE)
     return out

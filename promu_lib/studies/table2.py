@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from promu_lib.config import Config
 from promu_lib.jobs import Finetune
@@ -19,9 +20,9 @@ from promu_lib.studies.common import (
     Results,
     Row,
     _same,
-    compare_rows,
     in_scope,
     results_table,
+    row_claim,
     row_jobs,
 )
 
@@ -30,6 +31,7 @@ TITLE = "Table 2: pre-training on top of a fusion model"
 READER = True
 TABLES = ("table2",)
 FIGURES = ("table2_f1",)
+CLAIMS_TABLE = "table2_claims"
 
 ROWS: tuple[Row, ...] = (
     Row("HVPNeT", "hvpnet", paper=_same("MMIB")),
@@ -50,10 +52,21 @@ def table(cfg: Config, results: Results, datasets: Sequence[str]) -> Table:
     )  # fmt: skip
 
 
-def claims(table: Table) -> list[str]:
-    """Each pre-training over plain HVPNeT, then PROMU over alignment-only."""
-    lines = [compare_rows(table, better.name, ROWS[0].name).sentence() for better in ROWS[1:]]
-    return [*lines, compare_rows(table, ROWS[2].name, ROWS[1].name).sentence()]
+# (claim, row that should be higher, row that should be lower): indices into ROWS
+CLAIMS: tuple[tuple[str, int, int], ...] = (
+    ("PROMU pre-training adds to the fusion model", 2, 0),
+    ("alignment-only pre-training adds to the fusion model", 1, 0),
+    ("PROMU pre-training adds more than alignment-only", 2, 1),
+)
+
+
+def claims(cfg: Config, table: Table, datasets: Sequence[str]) -> list[Any]:
+    """Each claim of :data:`CLAIMS` on each dataset: gap, 95% interval, verdict."""
+    return [
+        row_claim(cfg, "table2", claim, d, ROWS[b], ROWS[w], table)
+        for claim, b, w in CLAIMS
+        for d in datasets
+    ]
 
 
 def run(
@@ -64,5 +77,5 @@ def run(
     out = Outputs.start(cfg, out_dir)
     t = out.table(table(cfg, results, in_scope(cfg, datasets)))
     out.figure(plots.table_bars(t, title="Table 2: test F1"), "table2_f1")
-    out.lines = claims(t)
+    out.add_claims(cfg, claims(cfg, t, in_scope(cfg, datasets)), CLAIMS_TABLE)
     return out
