@@ -205,7 +205,9 @@ def paired_gap(
     seed), with its two-level bootstrap interval (module docstring). ``classes``: the class
     axis the statistic sees (default: every class either row predicts or has in gold)."""
     if not better or len(better) != len(worse):
-        raise ValueError(f"need the same number of runs per row, got {len(better)} and {len(worse)}")
+        raise ValueError(
+            f"need the same number of runs per row, got {len(better)} and {len(worse)}"
+        )
     runs = [*better, *worse]
     _check_aligned(runs)
     if classes is None:
@@ -301,17 +303,32 @@ def claims_markdown(claims: Sequence[Claim], title: str = "") -> str:
             f"| {c.claim} | {c.dataset} | {_fmt(r['gap'])} | {interval} | {r['verdict']} | "
             f"{_fmt(r['paper_gap'])} | {_fmt(r['n_seeds'], False)} |"
         )
-    notes = sorted({c.record()["accounts_for"] for c in claims if c.gap is not None})
+    measured = [c.gap for c in claims if c.gap is not None]
     stats = sorted({c.statistic for c in claims})
+    if measured:
+        seeds = sorted({g.n_seeds for g in measured})
+        posts = sorted({g.n_posts for g in measured})
+        n_posts = f"{posts[0]}" if len(posts) == 1 else f"{posts[0]}-{posts[-1]}"
+        over = (
+            f"the training seeds (n={'/'.join(map(str, seeds))}) and the test posts ({n_posts} "
+            "per dataset)"
+            if seeds != [1]
+            else f"the test posts ({n_posts} per dataset) only: one seed, so the seed-to-seed "
+            "spread is not in it"
+        )
+    else:
+        over = "nothing measured"
     caption = (
-        f"{title + '. ' if title else ''}Gap: {'; '.join(stats)}, mean over seeds. 95% interval: "
-        f"paired bootstrap ({N_BOOT} replicates) over {'; '.join(notes) or 'nothing measured'}. "
-        "Verdict: holds (interval above 0), reversed (below 0), inconclusive (covers 0)."
+        f"{title.rstrip('.') + '. ' if title else ''}Gap: {'; '.join(stats)}, mean over seeds. "
+        f"95% interval: paired bootstrap ({N_BOOT} replicates) over {over}. Verdict: holds "
+        "(interval above 0), reversed (below 0), inconclusive (covers 0)."
     )
     return "\n".join(lines) + f"\n\n{caption}\n"
 
 
-def save_claims(claims: Sequence[Claim], out_dir: str | Path, name: str, title: str = "") -> list[Path]:
+def save_claims(
+    claims: Sequence[Claim], out_dir: str | Path, name: str, title: str = ""
+) -> list[Path]:
     """``<name>.csv`` and ``<name>.md`` under ``out_dir``, atomically."""
     d = Path(out_dir)
     return [
@@ -354,4 +371,7 @@ def collect(figures_dir: str | Path, studies: Sequence[str]) -> list[Path]:
         "as in each study's `<study>_claims.md` (paired bootstrap over seeds and test posts; "
         "toy-world numbers when the data is the toy world).\n"
     )
-    return [atomic_write_text(d / "claims.csv", buf.getvalue()), atomic_write_text(d / "claims.md", md)]
+    return [
+        atomic_write_text(d / "claims.csv", buf.getvalue()),
+        atomic_write_text(d / "claims.md", md),
+    ]

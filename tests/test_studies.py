@@ -417,3 +417,18 @@ def test_table1_run_writes_a_claim_per_claim_and_dataset(cfg, tmp_path):
     assert all("not measured" in line for line in out.lines)  # no predictions on disk
     md = (tmp_path / "fig" / "table1_claims.md").read_text()
     assert "toy-world numbers" in md and "seeds [0]" in md
+
+
+def test_table1_measurements_show_what_ran_them(monkeypatch, tmp_path):
+    from promu_lib import paths
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "seed_spread.md").write_text(
+        "<!-- written by `benchmarks/seed_spread.py` on 2026-12-01T10:00:00, commit abc; do not "
+        "edit -->\n\n# Spread\n\n| a |\n"
+    )
+    monkeypatch.setattr(paths, "project_root", lambda: tmp_path)
+    text = table1.measurements()
+    assert "*Measured by `benchmarks/seed_spread.py` on 2026-12-01T10:00:00 (commit abc).*" in text
+    assert "### Spread" in text
+    assert "benchmarks/promu_vs_hvpnet.py has not been run" in text

@@ -105,6 +105,31 @@ def claims(cfg: Config, table: Table, datasets: Sequence[str]) -> list[Any]:
     return out
 
 
+MEASUREMENTS: tuple[str, ...] = ("seed_spread", "promu_vs_hvpnet")  # benchmarks/results/
+
+
+def measurements() -> str:
+    """The controlled runs behind Table 1's reading, as last measured and committed
+    (``benchmarks/seed_spread.py``: how much a pre-training seed adds to the spread;
+    ``benchmarks/promu_vs_hvpnet.py``: why HVPNeT beats the fusion model here), each with the
+    command, date and commit that wrote it."""
+    import re
+
+    from promu_lib.paths import resolve
+
+    parts = []
+    for name in MEASUREMENTS:
+        path = resolve("benchmarks/results") / f"{name}.md"
+        if not path.is_file():
+            parts.append(f"*benchmarks/{name}.py has not been run on this checkout.*")
+            continue
+        text = path.read_text(encoding="utf-8")
+        text = re.sub(r"<!-- written by `(.*?)` on (\S+), commit (\S+); do not edit -->",
+                      r"*Measured by `\1` on \2 (commit \3).*", text)  # fmt: skip
+        parts.append(text.replace("\n# ", "\n### ", 1))
+    return "\n\n".join(parts)
+
+
 def run(
     cfg: Config, results: Results, out_dir: str | Path, datasets: Sequence[str] | None = None
 ) -> Outputs:
