@@ -34,6 +34,8 @@ def ner_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> 
     for i, (g, p) in enumerate(zip(gold, pred)):
         if len(g) != len(p):
             raise ValueError(f"sequence {i}: {len(g)} gold tags but {len(p)} predicted tags")
+    if not gold:  # nothing to score: 0, like re_scores (seqeval itself raises on empty input)
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "per_type": {}}
     # imported here: seqeval pulls in scikit-learn (~1.7 s), which most processes never need
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 

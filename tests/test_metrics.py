@@ -71,3 +71,10 @@ def test_re_empty_and_length_mismatch():
     assert re_scores([], [])["f1"] == 0.0
     with pytest.raises(ValueError):
         re_scores(["None"], [])
+
+
+def test_empty_input_scores_zero_for_both_tasks():
+    from promu_lib.metrics import ner_scores, re_scores
+
+    assert ner_scores([], [])["f1"] == re_scores([], [])["f1"] == 0.0
+    assert ner_scores([], [])["per_type"] == {} and re_scores([], [])["per_relation"] == {}

@@ -7,7 +7,6 @@ toy world.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -27,13 +26,13 @@ torch.set_num_threads(1)
 
 
 def test_template_sets_are_the_papers():
-    assert mining.ENTITY_TEMPLATES == (
-        "This is an image of [ENTITY].",
-        "An image of [ENTITY] is shown here.",
-    )
-    assert len(mining.RELATION_TEMPLATES) == 3
-    assert mining.RELATION_TEMPLATES[2] == (
-        "The relation between the objects in the image is [RELATION]."
+    """Against the published wording (paper_numbers.json, PROMU Table 3), not a copy."""
+    from promu_lib.report import paper_value
+
+    paper = paper_value("promu", "table3")
+    assert mining.ENTITY_TEMPLATES == tuple(paper["entity_templates"][k] for k in ("1", "2"))
+    assert mining.RELATION_TEMPLATES == tuple(
+        paper["relation_templates"][k] for k in ("A", "B", "C")
     )
     assert mining.entity_prompts(["dog", "house"], 1) == [
         "An image of dog is shown here.",
@@ -309,9 +308,7 @@ def world(tmp_path_factory):
 @pytest.mark.slow
 def test_mine_labels_end_to_end_and_cache(world, monkeypatch):
     cfg, truth = world
-    start = time.time()
     out = mining.mine_labels(cfg, progress=False)
-    first = time.time() - start
     labels = mining.load_pseudo_labels(out)
     n, m, big_m = len(truth), cfg.data.max_objects, 4
     assert labels.keys == sorted(truth)  # one row per distinct caption image
@@ -341,9 +338,8 @@ def test_mine_labels_end_to_end_and_cache(world, monkeypatch):
         raise AssertionError("mining ran again")
 
     monkeypatch.setattr("promu_lib.detect.build_detector", boom)
-    start = time.time()
-    assert mining.mine_labels(cfg, progress=False) == out
-    assert time.time() - start < first / 5
+    monkeypatch.setattr(mining, "build_teacher", boom)
+    assert mining.mine_labels(cfg, progress=False) == out  # no wall-clock test: busy CPUs vary
     monkeypatch.undo()
 
     # another tau / threshold: a new mining dir, but the toy teacher is reused from its cache

@@ -419,7 +419,8 @@ def test_pyramids_return_four_levels(name):
     with torch.no_grad():
         feats = pyr(torch.randn(1, 3, 32, 32))
     assert [f.shape[1] for f in feats] == list(pyr.channels)
-    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2] if name == "tiny-cnn" else [8, 4, 2, 1]
+    expected = [16, 8, 4, 2] if name == "tiny-cnn" else [8, 4, 2, 1]
+    assert [f.shape[-1] for f in feats] == expected
 
 
 def test_vit_real_weights_path_offline(tmp_path):
