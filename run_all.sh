@@ -5,6 +5,7 @@
 #   ./run_all.sh --only STAGE         one stage (see `promu stages`)
 #   ./run_all.sh --force              rerun stages even when their cached outputs exist
 #   ./run_all.sh --test [ARGS]        install the same way, then lint and run the test suite
+#   ./run_all.sh --lab [ARGS]         install the same way, then start JupyterLab on notebooks/
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -48,6 +49,14 @@ if [[ "${1:-}" == "--test" ]]; then
     exit 1
   fi
   exit $rc
+fi
+
+if [[ "${1:-}" == "--lab" ]]; then
+  shift
+  bootstrap
+  as_root=()
+  if [[ $(id -u) -eq 0 ]]; then as_root=(--allow-root); fi  # jupyter refuses root otherwise
+  exec "$VENV/bin/jupyter" lab ${as_root[@]+"${as_root[@]}"} "$@"
 fi
 
 bootstrap

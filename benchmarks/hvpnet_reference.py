@@ -6,8 +6,10 @@ compute the same function (eval mode), then times a training step (forward + bac
 measures peak memory of each model in its own subprocess.
 
 Reference code, brought in at run time into ignored directories (``benchmarks/_reference/``):
-- ``HVPNeT/``: ``models/`` of zjunlp/HVPNeT at the HEAD of a local git clone or mirror
-  (``--mirror``), via ``git archive``; its commit is recorded in the results;
+- ``HVPNeT/``: ``models/`` of zjunlp/HVPNeT at the HEAD of a local git clone, via ``git
+  archive``; its commit is recorded in the results. The clone goes in the ignored directory
+  too: ``git clone https://github.com/zjunlp/HVPNeT benchmarks/_reference/zjunlp-HVPNeT``
+  (or pass another clone or mirror with ``--mirror``);
 - ``site/``: transformers 4.46.3 + tokenizers 0.20 + huggingface_hub 0.x, ``pip install --target
   --no-deps`` (torch and the rest come from this environment), put FIRST on ``sys.path`` of the
   benchmark process only. The reference passes tuples as ``past_key_values``, which transformers
@@ -94,7 +96,7 @@ from promu_lib.models.task import build_task_model
 from promu_lib.paths import project_root
 
 REF_DIR = project_root() / "benchmarks" / "_reference"
-DEFAULT_MIRROR = Path("/work/.mirror/zjunlp+HVPNeT/repo")
+DEFAULT_MIRROR = REF_DIR / "zjunlp-HVPNeT"  # git clone https://github.com/zjunlp/HVPNeT <here>
 REF_PACKAGES = ("transformers==4.46.3", "tokenizers>=0.20,<0.21", "huggingface_hub>=0.23.2,<1.0")
 BERT_VOCAB = 30522
 MARKERS = ("<s>", "</s>", "<o>", "</o>")  # ids BERT_VOCAB + 0..3, as the reference adds them
@@ -119,8 +121,9 @@ def ensure_reference(mirror: Path) -> str:
     if not commit_file.is_file():
         if not mirror.exists():
             raise SystemExit(
-                f"reference code not found at {mirror}: clone https://github.com/zjunlp/HVPNeT "
-                "(any clone or mirror) and pass its path with --mirror"
+                f"reference code not found at {mirror}: `git clone "
+                f"https://github.com/zjunlp/HVPNeT {DEFAULT_MIRROR}`, or pass another clone or "
+                "mirror with --mirror"
             )
         git = ["git", "-C", str(mirror)]
         commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)

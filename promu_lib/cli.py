@@ -1,14 +1,18 @@
 """The ``promu`` command. Each subcommand lives beside the code it drives and registers itself
-through a ``register(subparsers)`` function in one of the modules listed in ``COMMAND_MODULES``."""
+through a ``register(subparsers)`` function in one of the modules listed in ``COMMAND_MODULES``.
+
+One rule for every command (:func:`promu_lib.errors.run_command`): a bad input ends in one line
+``promu: error: <file>[:<line>]: <problem>; expected <what>`` and exit status 1, a bad command
+line in exit status 2, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
+from typing import NoReturn
 
-from promu_lib.errors import PromuError
+from promu_lib.errors import run_command
 
 COMMAND_MODULES: tuple[str, ...] = (
     "promu_lib.pipeline",
@@ -19,20 +23,15 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-# the output location's fault, not a bug: full disk, read-only, or a file where a directory goes
-_STORAGE_ERRNOS = {
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EROFS,
-    errno.EACCES,
-    errno.EPERM,
-    errno.ENOTDIR,
-    errno.EEXIST,
-}
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line error (exit status 2, as argparse's own)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"promu: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="promu",
         description="PROMU and HVPNeT for multimodal NER and RE: data, pre-training, "
         "fine-tuning, tables and figures.",
@@ -49,24 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.func(args) or 0)
-    except PromuError as e:
-        print(f"promu: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno not in _STORAGE_ERRNOS:
-            raise
-        where = f": {e.filename}" if e.filename else ""
-        print(
-            f"promu: error: {e.strerror}{where} (is the output location a writable directory "
-            "with free space?)",
-            file=sys.stderr,
-        )
-        return 2
-    except KeyboardInterrupt:
-        print("promu: interrupted", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -13,18 +13,20 @@ Profiles
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import re
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from promu_lib.errors import PromuError
+from promu_lib.errors import PromuError, shorten
 
 PROFILES = ("tiny", "toy-large", "paper")
 ALL_DATASETS = ("twitter2015", "twitter2017", "mnre")
@@ -452,8 +454,8 @@ _PROFILE_FACTORIES = {"tiny": tiny, "toy-large": toy_large, "paper": paper}
 
 def profile_config(name: str) -> Config:
     """The resolved config of a named profile."""
-    if name not in _PROFILE_FACTORIES:
-        raise ConfigError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+    if not isinstance(name, str) or name not in _PROFILE_FACTORIES:
+        raise ConfigError(f"unknown profile {shorten(name)}; expected one of {', '.join(PROFILES)}")
     return _PROFILE_FACTORIES[name]()
 
 
@@ -485,16 +487,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {shorten(value)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+            raise ConfigError(
+                f"{key}: expected a mapping for section {tp.__name__}, got {shorten(value)}"
+            )
         return _build(tp, value, key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"{key}: expected a list, got {type(value).__name__} {shorten(value)}"
+            )
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
@@ -503,11 +509,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {shorten(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {shorten(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -515,11 +521,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value.strip()
         ):  # YAML 1.1 reads 1e-4 as text
             return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {shorten(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {shorten(value)}")
     return value
 
 
@@ -530,11 +536,12 @@ def _hints(cls: type) -> dict[str, Any]:
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    shown = [k if isinstance(k, str) and len(k) <= 40 else shorten(k, 40) for k in values]
+    unknown = sorted(s for s, k in zip(shown, values) if k not in names)
     if unknown:
-        where = f"section {prefix!r}" if prefix else "the top level"
+        where = f"section {shorten(prefix)}" if prefix else "the top level"
         raise ConfigError(
-            f"unknown config key(s) {', '.join(unknown)} in {where}; "
+            f"unknown config key(s) {', '.join(unknown[:10])} in {where}; "
             f"expected some of: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
@@ -556,18 +563,250 @@ def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     if base is None:
         base = profile_config(values.get("profile", "tiny"))
     merged = _merge(base.to_dict(), values)
-    return _build(Config, merged)
+    return validate(_build(Config, merged))
 
+
+# -- choices and ranges ------------------------------------------------------------------------
+
+# every string that selects behaviour, and its options (the modules that act on them keep
+# the same tuples: tests/test_bad_input_sweep.py checks that they agree)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "profile": PROFILES,
+    "data.on_bad_record": ("error", "skip"),
+    "data.on_missing_image": ("error", "blank"),
+    "data.image_transform": ("resize", "resize-crop"),
+    "hvpnet.backbone": ("tiny-cnn", "resnet50", "efficientnet-lite0", "mobilenet_v2"),
+    "hvpnet.variant": ("full", "single", "flat", "1v3", "onlyobj"),
+    "hvpnet.layout": ("paper", "reference"),
+    "mining.detector": ("boxes", "yolo"),
+    "mining.teacher": ("toy", "clip"),
+    "scope.datasets": ALL_DATASETS,
+    "scope.table3_datasets": ALL_DATASETS,
+    "scope.hvpnet_datasets": ALL_DATASETS,
+    "scope.low_resource_datasets": ALL_DATASETS,
+}
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # run.device
+
+
+@dataclass(frozen=True)
+class Range:
+    """``low <= x <= high`` (either bound may be open or absent)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, x: float) -> bool:
+        lo = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        hi = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return lo and hi and x == x  # NaN holds nothing
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return (
+            f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+            f"{')' if self.high_open else ']'}"
+        )
+
+
+AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
+SHARE, FRACTION, DROPOUT = Range(0, 1), Range(0, 1, low_open=True), Range(0, 1, high_open=True)
+# sizes and counts, shares and fractions (fnmatch patterns; a list's values each)
+RANGES: dict[str, Range] = {
+    "data.toy.image_size": AT_LEAST_1,
+    "data.toy.jpeg_quality": Range(1, 100),
+    "data.toy.*_sizes": AT_LEAST_0,
+    "data.toy.mnre_min_per_relation": AT_LEAST_0,
+    "data.toy.n_captions": AT_LEAST_0,
+    "data.toy.n_names": AT_LEAST_1,
+    "data.toy.*_rate": SHARE,
+    "data.toy.name_usual_type_prob": SHARE,
+    "data.toy.mnre_none_share": SHARE,
+    "data.toy.box_jitter": AT_LEAST_0,
+    "data.max_len": Range(8),  # [CLS], [SEP], the four entity markers and some words
+    "data.image_size": AT_LEAST_1,
+    "data.max_objects": AT_LEAST_0,
+    "text.vocab_size": AT_LEAST_0,
+    "text.*dropout": DROPOUT,
+    "text.*": AT_LEAST_1,  # hidden_size, num_layers, num_heads, intermediate_size, max_position
+    "vision.*dropout": DROPOUT,
+    "vision.*": AT_LEAST_1,  # image_size, patch_size, hidden_size, num_layers, ...
+    "fusion.num_layers": AT_LEAST_1,
+    "fusion.projection_dim": AT_LEAST_1,
+    "fusion.temperature_*": POSITIVE,
+    "hvpnet.prompt_len": AT_LEAST_1,
+    "hvpnet.n_objects": AT_LEAST_0,
+    "hvpnet.image_size": AT_LEAST_1,
+    "hvpnet.mid_dim": AT_LEAST_1,
+    "mining.top_m_nouns": AT_LEAST_1,
+    "mining.*_template": AT_LEAST_0,
+    "mining.teacher_steps": AT_LEAST_0,
+    "mining.tau": POSITIVE,
+    "mining.min_confidence": SHARE,
+    "mining.*batch_size": AT_LEAST_1,
+    "mining.teacher_dim": AT_LEAST_1,
+    "mining.teacher_image_size": AT_LEAST_1,
+    "mining.teacher_lr": POSITIVE,
+    "pretrain.steps": AT_LEAST_1,
+    "pretrain.batch_size": AT_LEAST_1,
+    "pretrain.grad_accum": AT_LEAST_1,
+    "pretrain.lr": POSITIVE,
+    "pretrain.weight_decay": AT_LEAST_0,
+    "pretrain.betas": DROPOUT,
+    "pretrain.warmup_ratio": SHARE,
+    "pretrain.grad_clip": POSITIVE,
+    "pretrain.lambda_*": AT_LEAST_0,
+    "pretrain.*_every": AT_LEAST_1,
+    "pretrain.num_workers": AT_LEAST_0,
+    "finetune.epochs": AT_LEAST_1,
+    "finetune.*batch_size": AT_LEAST_1,
+    "finetune.*lr": POSITIVE,
+    "finetune.weight_decay": AT_LEAST_0,
+    "finetune.warmup_ratio": SHARE,
+    "finetune.patience": AT_LEAST_1,
+    "finetune.grad_clip": AT_LEAST_0,  # 0 = no clipping
+    "finetune.num_workers": AT_LEAST_0,
+    "finetune.train_fraction": FRACTION,
+    "finetune.log_every": AT_LEAST_1,
+    "scope.low_resource_fractions": FRACTION,
+    "llm.max_retries": AT_LEAST_0,
+    "llm.backoff": AT_LEAST_0,
+    "llm.timeout": POSITIVE,
+    "llm.temperature": AT_LEAST_0,
+    "llm.max_tokens": AT_LEAST_1,
+    "llm.max_posts": AT_LEAST_0,
+}
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in data.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _rule_of(key: str) -> Range | None:
+    return next((r for pattern, r in RANGES.items() if fnmatch.fnmatchcase(key, pattern)), None)
+
+
+def validate(cfg: Config) -> Config:
+    """Check every choice and range above; ConfigError naming the key, what is allowed and
+    the value (shortened). Returns ``cfg``."""
+    for key, value in _flat(cfg.to_dict()):
+        values = value if isinstance(value, list) else [value]
+        if key in CHOICES:
+            bad = [v for v in values if v not in CHOICES[key]]
+            if bad:
+                raise ConfigError(
+                    f"{key}: expected one of {', '.join(CHOICES[key])}, got {shorten(bad[0])}"
+                )
+        elif key == "run.device" and not DEVICE.fullmatch(value):
+            raise ConfigError(
+                f"{key}: expected auto, cpu, cuda, cuda:<N> or mps, got {shorten(value)}"
+            )
+        rule = _rule_of(key)
+        if rule is None or value is None:
+            continue
+        bad = [v for v in values if _is_number(v) and not rule.holds(v)]
+        if bad:
+            kind = "an integer" if isinstance(bad[0], int) else "a number"
+            raise ConfigError(f"{key}: expected {kind} {rule}, got {shorten(bad[0])}")
+    return cfg
+
+
+# -- reading values and files ------------------------------------------------------------------
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def _parse_scalar(text: str) -> Any:
+class _SafeLoaderNoAliases(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a config needs none, and nested
+    ones expand exponentially (a "billion laughs" file)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "an alias (*name); aliases are not accepted in config files", mark
+            )
+        return super().compose_node(parent, index)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_SafeLoaderNoAliases)
+
+
+# what a malformed value raises: bad syntax, an integer of thousands of digits (ValueError),
+# nesting deeper than the parser's recursion limit
+_PARSE_ERRORS = (json.JSONDecodeError, yaml.YAMLError, ValueError, RecursionError)
+
+
+def _parse_scalar(text: str, key: str = "value") -> Any:
     """A command-line value as YAML; ``1e-4`` is a number here (YAML 1.1 reads it as text)."""
-    value = yaml.safe_load(text)
+    try:
+        value = _yaml(text)
+    except _PARSE_ERRORS as e:
+        raise ConfigError(
+            f"{key[:60]}={shorten(text)}: {_parse_problem(e)}; expected a YAML value"
+        ) from e
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         return float(value)
     return value
+
+
+def _parse_problem(e: Exception) -> str:
+    if isinstance(e, yaml.MarkedYAMLError):
+        return f"not valid YAML ({e.problem})"
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON ({e.msg})"
+    return f"unreadable ({type(e).__name__}: {str(e)[:70]})"
+
+
+def _parse_line(e: Exception) -> int | None:
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        return e.problem_mark.line + 1
+    return e.lineno if isinstance(e, json.JSONDecodeError) else None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The nested sections of a YAML/JSON config file (UTF-8); ConfigError naming the file,
+    the line and what was expected for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: bytes at byte offset {e.start} are not UTF-8; expected a UTF-8 "
+            "YAML/JSON file"
+        ) from e
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    try:
+        values = json.loads(text) if kind == "JSON" else _yaml(text)
+    except _PARSE_ERRORS as e:
+        line = _parse_line(e)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(
+            f"{where}: {_parse_problem(e)}; expected a {kind} mapping of config sections"
+        ) from e
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{path}: a {type(values).__name__} at the top level; expected a mapping of config "
+            "sections"
+        )
+    return values
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
@@ -576,9 +815,11 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Confi
         pairs = {}
         for item in overrides:
             if "=" not in item:
-                raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. finetune.lr=1e-4")
+                raise ConfigError(
+                    f"override {shorten(item)}: expected KEY=VALUE, e.g. finetune.lr=1e-4"
+                )
             k, v = item.split("=", 1)
-            pairs[k.strip()] = _parse_scalar(v)
+            pairs[k.strip()] = _parse_scalar(v, k.strip())
         overrides = pairs
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -586,6 +827,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Confi
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {shorten(key)}: {p} is set to a value, not a section")
         node[parts[-1]] = value
     return from_dict(nested, base=cfg)
 
@@ -599,22 +842,10 @@ def load_config(
     cfg = profile_config(profile)
     if file is not None:
         path = Path(file)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
+        values = read_config_file(path)
         try:
-            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise ConfigError(
-                f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}"
-            ) from e
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
-        if "profile" in values and values["profile"] != profile:
-            cfg = profile_config(values["profile"])
-        try:
+            if "profile" in values and values["profile"] != profile:
+                cfg = profile_config(values["profile"])
             cfg = from_dict(values, base=cfg)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from e

@@ -51,6 +51,7 @@ from promu_lib.data.pseudo_labels import load_pseudo_labels as load_pseudo_label
 from promu_lib.data.records import RELATION_PHRASES, Box, CaptionPair
 from promu_lib.errors import DataError, MissingAssetError
 from promu_lib.io import atomic_write_bytes, atomic_write_json
+from promu_lib.locks import dir_lock
 from promu_lib.paths import resolve
 
 if TYPE_CHECKING:
@@ -143,8 +144,12 @@ def relation_labels(extra_file: str | Path | None = None) -> tuple[list[str], li
                 "Write one relation label per line (e.g. Wikidata property labels) there, or "
                 "unset mining.extra_relation_labels.",
             )
+        from promu_lib.data.formats import FileReader
+
         seen = set(phrases)
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for _, line in FileReader(path, "error", None).lines():
+            if isinstance(line, DataError):  # not UTF-8: the line and the byte offset
+                raise line
             label = line.strip()
             if label and not label.startswith("#") and label not in seen:
                 seen.add(label)
@@ -412,11 +417,13 @@ def build_teacher(cfg: Config, corpus: Corpus, detections: Detections, progress:
     if mc.teacher != "toy":
         raise ValueError(f"mining.teacher must be 'toy' or 'clip', got {mc.teacher!r}")
     tdir = teacher_stage_dir(cfg)
-    if is_done(tdir):
-        _say(progress, f"toy teacher cached in {tdir}")
-        return ToyTeacher.load(tdir, cfg.run.device)
-    data = toy_teacher_data(corpus, detections, mc.teacher_image_size, mc.batch_size)
-    return _train_toy_teacher(cfg, *data, tdir, progress)
+    if not is_done(tdir):
+        with dir_lock(tdir, "toy teacher training"):
+            if not is_done(tdir):
+                data = toy_teacher_data(corpus, detections, mc.teacher_image_size, mc.batch_size)
+                return _train_toy_teacher(cfg, *data, tdir, progress)
+    _say(progress, f"toy teacher cached in {tdir}")
+    return ToyTeacher.load(tdir, cfg.run.device)
 
 
 def _train_toy_teacher(
@@ -506,11 +513,19 @@ def mine_labels(cfg: Config, progress: bool = True) -> Path:
     """Run (or reuse) the mining stage; returns its directory (read with load_pseudo_labels).
 
     The steps of the module docstring, in order: nouns and prompts, detection, the teacher,
-    its scores, the pseudo-labels (:func:`pseudo_label_tensors`), then the files."""
+    its scores, the pseudo-labels (:func:`pseudo_label_tensors`), then the files. One process
+    per mining directory (``promu_lib.locks``): a second one waits, then reads the result."""
     out = mining_dir(cfg)
-    if is_done(out):
-        _say(progress, f"cached: {out}")
-        return out
+    if not is_done(out):
+        with dir_lock(out, "label mining"):
+            if not is_done(out):
+                return _mine(cfg, out, progress)
+    _say(progress, f"cached: {out}")
+    return out
+
+
+def _mine(cfg: Config, out: Path, progress: bool) -> Path:
+    """The steps of :func:`mine_labels`, under its lock."""
     _check_settings(cfg)
     mc = cfg.mining
     corpus = read_corpus(cfg)

@@ -8,7 +8,7 @@ A stage notebook reads::
     config_file = None
     force = False
 
-    cfg = notebook.setup(profile, config_file)   # config, seeds, matplotlib defaults
+    cfg = notebook.setup(profile, config_file)   # config, seeds, matplotlib, notes as output
     figures = notebook.figures_dir(cfg)
     results = run_jobs(cfg, table1.jobs(cfg))    # its study (promu_lib.studies.table1)
     out = table1.run(cfg, results, figures)
@@ -78,11 +78,31 @@ def setup(profile: str = "tiny", config_file: str | None = None, seed: int | Non
     seed = cfg.run.seeds[0] if seed is None else seed
     seed_everything(seed, cfg.run.deterministic)
     matplotlib_defaults()
+    notes_as_output()
     source = config_file or f"profile {cfg.profile!r}"
     bars = "bars" if progress_enabled(cfg) else "a line every ~10% (PROMU_PROGRESS=1 for bars)"
     print(f"[promu] profile {cfg.profile}, seed {seed}, config from {source}; progress: {bars}")
     print(f"[promu] data {paths.resolve(cfg.data_root())}, figures {figures_dir(cfg)}")
     return cfg
+
+
+def notes_as_output() -> None:
+    """The library's logged notes (posts truncated at ``data.max_len``, workers capped at the
+    cores) as plain ``[promu]`` lines of the cell's output instead of a warning block: each says
+    what happened and which setting changes it. Python warnings (a collapsing run) still show
+    as warnings. Only in a Jupyter kernel (elsewhere logging is the caller's to set up)."""
+    import logging
+    import sys
+
+    from promu_lib.progress import in_kernel
+
+    log = logging.getLogger("promu_lib")
+    if in_kernel() and not any(getattr(h, "promu_notes", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.promu_notes = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("[promu] note: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
 
 
 def figures_dir(cfg: Config) -> Path:

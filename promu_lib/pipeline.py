@@ -19,17 +19,14 @@ cache. The reader stages (tables and figures) run two at a time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import html
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from promu_lib import paths
+from promu_lib import locks, paths
 from promu_lib.config import (
     Config,
     add_config_arguments,
@@ -37,8 +34,8 @@ from promu_lib.config import (
     config_hash,
     save_config,
 )
-from promu_lib.errors import PromuError
-from promu_lib.io import atomic_write_json, atomic_write_text
+from promu_lib.errors import PromuError, UsageError, run_command
+from promu_lib.io import atomic_write_json
 from promu_lib.studies import Study, discover
 
 PARALLEL_READERS = 2  # reader stages executed at once
@@ -90,35 +87,18 @@ def _stage_key(stage: Study, nb_path: Path, cfg: Config) -> str:
 
 @contextlib.contextmanager
 def run_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` for the whole run (a second run waits)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    lock_path = directory / ".run.lock"
-    with open(lock_path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"[promu] another run holds {lock_path}; waiting for it to finish", flush=True)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """Hold an exclusive lock on ``directory`` for the whole run (a second run waits); the lock
+    file ``<directory>/.run.lock`` stays, naming its last holder (``promu_lib.locks``)."""
+    with locks.hold(directory / ".run.lock", "run"):
+        yield
 
 
-def render_html(notebook: Path, target: Path) -> Path:
-    """Render an executed notebook to a standalone HTML file (images embedded)."""
-    import nbformat
-    from nbconvert import HTMLExporter
+def render_html(notebook: Path, target: Path, title: str = "") -> Path:
+    """Render an executed notebook to ``target`` (results, no code) and ``<stem>.code.html``
+    (with its code), standalone, images embedded (``promu_lib.pages``)."""
+    from promu_lib.pages import render_report
 
-    nb = nbformat.read(str(notebook), as_version=4)
-    exporter = HTMLExporter(template_name="lab")
-    exporter.embed_images = True
-    body, _ = exporter.from_notebook_node(nb)
-    return atomic_write_text(target, body)
+    return render_report(notebook, target, title or notebook.stem)[0]
 
 
 def _failure_message(stage: Study, err: Exception) -> str:
@@ -190,11 +170,12 @@ def run_stage(stage: Study, cfg: Config, config_file: Path, reports: Path, force
         error = e
     seconds = time.perf_counter() - t0
     if executed.is_file():
-        render_html(executed, report)
+        render_html(executed, report, stage.title)
     status = {
         "stage": stage.name,
         "notebook": stage.notebook.name,
         "title": stage.title,
+        "profile": cfg.profile,
         "status": "ok" if error is None else "failed",
         "seconds": seconds,
         "key": key,
@@ -209,32 +190,11 @@ def run_stage(stage: Study, cfg: Config, config_file: Path, reports: Path, force
 
 
 def write_index(reports: Path, cfg: Config, statuses: list[dict]) -> Path:
-    """``reports/index.html``: every stage with its status, run time and report link."""
-    rows = []
-    total = 0.0
-    for s in statuses:
-        total += 0.0 if s.get("skipped") else s["seconds"]
-        state = "skipped (cached)" if s.get("skipped") else s["status"]
-        link = html.escape(s["title"])
-        if s.get("report"):
-            link = f'<a href="{html.escape(s["report"])}">{link}</a>'
-        err = f"<br><small>{html.escape(s['error'])}</small>" if s.get("error") else ""
-        rows.append(
-            f"<tr><td>{html.escape(s['stage'])}</td><td>{link}{err}</td>"
-            f"<td class='{s['status']}'>{state}</td><td>{s['seconds']:.1f}</td></tr>"
-        )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>promu reports</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.3em .8em;
-border-bottom:1px solid #ddd;text-align:left}}.ok{{color:#17702b}}.failed{{color:#b00020}}</style>
-</head><body><h1>promu — reports</h1>
-<p>Profile <b>{html.escape(cfg.profile)}</b>, seeds {list(cfg.run.seeds)}.
-{"Numbers come from the embedded toy world, not from the papers' datasets." if cfg.data.toy else ""}
-Generated {time.strftime("%Y-%m-%d %H:%M:%S")}; stage time this run {total:.1f} s
-(seconds column: the stage's last execution).</p>
-<table><tr><th>stage</th><th>report</th><th>status</th><th>seconds</th></tr>
-{"".join(rows)}</table></body></html>
-"""
-    return atomic_write_text(reports / "index.html", page)
+    """``reports/index.html``: the run, the claims' verdicts, Table 1, a thumbnail of every
+    figure, every stage with its status, run time and report (``promu_lib.pages``)."""
+    from promu_lib.pages import write_index as write_page
+
+    return write_page(reports, cfg, statuses, stages())
 
 
 def _failed_status(stage: Study, reports: Path, err: Exception) -> dict:
@@ -286,6 +246,14 @@ def run_training_jobs(cfg: Config, config_file: Path, stages: list[Study], repor
     return status
 
 
+def collect_claims(cfg: Config) -> list[Path]:
+    """``<figures>/claims.{csv,md}``: every study's claims of this run's figures directory, in
+    stage order (``promu_lib.evidence.collect``)."""
+    from promu_lib.evidence import collect
+
+    return collect(paths.resolve(cfg.run.figures_dir), stage_names())
+
+
 def _groups(stages: list[Study]) -> list[list[Study]]:
     """Consecutive reader stages together, every other stage alone."""
     groups: list[list[Study]] = []
@@ -307,7 +275,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
 
     unknown = sorted(set(only or []) - set(stage_names()))
     if unknown:
-        raise PromuError(f"unknown stage(s) {unknown}; stages are: {', '.join(stage_names())}")
+        raise UsageError(f"unknown stage(s) {unknown}; stages are: {', '.join(stage_names())}")
     reports = paths.resolve(cfg.run.reports_dir)
     out = paths.resolve(cfg.output_root())
     selected = [s for s in stages() if not only or s.name in only]
@@ -351,6 +319,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
                 print(f"[promu] {e}", file=sys.stderr)
                 code = 1
                 break
+        collect_claims(cfg)
         index = write_index(reports, cfg, statuses)
     print(f"[promu] {len(statuses)} stage(s) in {time.perf_counter() - t0:.1f} s; report: {index}")
     return code
@@ -382,11 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="promu run", description=run_pipeline.__doc__)
     _run_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except PromuError as e:
-        print(f"promu: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: args.func(args))
 
 
 def register(sub) -> None:

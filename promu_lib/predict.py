@@ -5,13 +5,19 @@ run; it needs the data directory (the toy vocabulary) and the pretrained assets 
 CNN weights) it was built from. :func:`export_checkpoint` turns it into a self-contained
 checkpoint directory that predicts the same on any machine::
 
-    <ckpt>/checkpoint.json     format, task, dataset, model, the run's dev/test F1, file hashes
+    <ckpt>/checkpoint.json     format, task, dataset, model, the run's dev/test F1, and the
+                               SHA-256 of every other file (the tokenizer's included)
     <ckpt>/config.yaml         the resolved config of the run
     <ckpt>/text_encoder.json   the text encoder's exact shape (a pretrained one's included)
     <ckpt>/labels.json         the label map: BIO tags (MNER) or relations (MRE), index order
     <ckpt>/tokenizer/          the word-piece tokenizer (RE markers included)
     <ckpt>/model.safetensors   the weights
     <ckpt>/versions.json       python, packages and git commit that wrote it
+
+The hashes catch accidental corruption and mix-ups (a damaged copy, a file swapped in from
+another checkpoint): :meth:`Predictor.load` refuses a checkpoint with a file missing, altered,
+unlisted or not hashed. They are not a signature: whoever can edit the files can edit the
+manifest too.
 
 Why a separate export and not a copy at the end of every fine-tune: runs are a cache of many
 models of which few are ever used for prediction; exporting on demand keeps them small, and
@@ -23,7 +29,9 @@ of the Viterbi tag at that word (forward-backward over the emission and transiti
 MRE: the softmax over the relation logits; the top ``k`` relations with their probabilities.
 
 Object crops need detector boxes: a record may carry ``boxes`` (``[[x1, y1, x2, y2, score,
-class], ...]`` in pixels); without them the model sees the global image and no crops.
+class], ...]`` in pixels), or a detector finds them (``predict(detector=...)``, ``promu predict
+--detect yolo``: :mod:`promu_lib.grounding`); without either the model sees the global image
+and no crops.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,13 +53,15 @@ from torchcrf import CRF
 
 from promu_lib.config import Config, from_dict, load_config, save_config
 from promu_lib.data.datasets import ImageSource, NerDataset, ReDataset, collate
+from promu_lib.data.formats import BOX_EXPECTED, FileReader, box_problem, is_text, to_box
 from promu_lib.data.records import MNRE_RELATIONS, NER_TAGS, Box, NerPost, RePost, Span
-from promu_lib.errors import CheckpointError, DataError, PromuError
+from promu_lib.errors import CheckpointError, DataError, PromuError, UsageError, shorten
 from promu_lib.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from promu_lib.locks import dir_lock
 from promu_lib.models.registry import model_spec
 from promu_lib.paths import resolve
 
-FORMAT = "promu-checkpoint/1"
+FORMAT = "promu-checkpoint/2"  # /1 did not hash the tokenizer
 MANIFEST = "checkpoint.json"
 FILES = (
     "config.yaml",
@@ -59,6 +70,7 @@ FILES = (
     "model.safetensors",
     "versions.json",
 )
+TOKENIZER_DIR = "tokenizer"
 
 
 class PredictInputError(PromuError):
@@ -103,12 +115,9 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path) -> Path:
 
     Needs what the run needed (its data directory for the toy vocabulary, its pretrained
     assets); the checkpoint needs neither. Written into a temporary directory, checked by
-    loading it, then renamed to ``out_dir`` (which must not exist).
+    loading it, then renamed to ``out_dir`` (which must not exist). One export per target at
+    a time: a second export of the same run to the same target waits and returns the first's.
     """
-    from promu_lib.data.tokenizer import build_tokenizer
-    from promu_lib.report import git_commit, package_versions
-    from promu_lib.train.finetune import build_model
-
     run, out = resolve(run_dir), resolve(out_dir)
     for name in ("DONE.json", "metrics.json", "model.safetensors"):
         if not (run / name).is_file():
@@ -116,9 +125,49 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path) -> Path:
                 f"{run}: no {name}; expected a finished fine-tuning run directory "
                 "(promu finetune --out DIR)"
             )
-    if out.exists():
-        raise CheckpointError(f"{out} already exists; choose a new directory")
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    existed = out.exists()
+    with dir_lock(out, "export"):
+        if out.exists():
+            if not existed and _source_run(out) == str(run):  # exported while we waited
+                return out
+            raise CheckpointError(f"{out} already exists; choose a new directory")
+        return _export(run, out)
+
+
+def _source_run(ckpt: Path) -> str | None:
+    try:
+        return json.loads((ckpt / MANIFEST).read_text(encoding="utf-8")).get("source_run")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _read_metrics(run: Path) -> dict[str, Any]:
+    path = run / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("profile", "config", "task", "model", "dataset", "seed", "test"):
+            metrics[key]  # noqa: B018 (present, or KeyError)
+        return metrics
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"{path}: unreadable ({type(e).__name__}: {shorten(str(e), 60)}); expected the "
+            "metrics.json a fine-tuning run writes"
+        ) from e
+
+
+def _hashed_names(ckpt: Path) -> list[str]:
+    """Every file of a checkpoint that changes its behaviour: FILES and the tokenizer's."""
+    tok = ckpt / TOKENIZER_DIR
+    files = sorted(p.relative_to(ckpt).as_posix() for p in tok.rglob("*") if p.is_file())
+    return [*FILES, *files]
+
+
+def _export(run: Path, out: Path) -> Path:
+    from promu_lib.data.tokenizer import build_tokenizer
+    from promu_lib.report import git_commit, package_versions
+    from promu_lib.train.finetune import build_model
+
+    metrics = _read_metrics(run)
     cfg = _run_config(metrics)
     task, model = metrics["task"], metrics["model"]
     tokenizer = build_tokenizer(cfg)
@@ -131,7 +180,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path) -> Path:
         atomic_write_json(tmp / "text_encoder.json", text_encoder)
         labels = list(NER_TAGS if task == "ner" else MNRE_RELATIONS)
         atomic_write_json(tmp / "labels.json", {"task": task, "labels": labels})
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         shutil.copyfile(run / "model.safetensors", tmp / "model.safetensors")
         versions = {"packages": package_versions(), "git_commit": git_commit()}
         atomic_write_json(tmp / "versions.json", versions)
@@ -146,7 +195,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path) -> Path:
             "dev_f1": (metrics["dev"] or {}).get("f1"),
             "test_f1": metrics["test"]["f1"],
             "source_run": str(run),
-            "sha256": {name: sha256_file(tmp / name) for name in FILES},
+            "sha256": {name: sha256_file(tmp / name) for name in _hashed_names(tmp)},
         }
         atomic_write_json(tmp / MANIFEST, manifest)
         Predictor.load(tmp)  # portable: rebuilds offline and loads strictly, or raises
@@ -155,6 +204,67 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``checkpoint.json``: a JSON object of this format naming a task, a model and a non-empty
+    ``sha256`` map; CheckpointError naming the file for anything else."""
+    expected = f"the {MANIFEST} that `promu export` writes (format {FORMAT})"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(
+            f"{path}: not valid JSON ({shorten(str(e), 60)}); expected {expected}"
+        ) from e
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: a JSON {type(manifest).__name__}; expected {expected}")
+    if manifest.get("format") != FORMAT:
+        old = (
+            " (written by an earlier version, which did not hash the tokenizer: export the run "
+            "again)"
+            if manifest.get("format") == "promu-checkpoint/1"
+            else ""
+        )
+        raise CheckpointError(
+            f"{path}: format {shorten(manifest.get('format'))}{old}; expected {FORMAT!r}"
+        )
+    missing = [k for k in ("task", "dataset", "model", "sha256") if k not in manifest]
+    if missing:
+        raise CheckpointError(f"{path}: no {', '.join(map(repr, missing))}; expected {expected}")
+    try:
+        model_spec(manifest["model"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    hashes = manifest["sha256"]
+    if not isinstance(hashes, dict) or not hashes:
+        raise CheckpointError(
+            f"{path}: 'sha256' is {shorten(hashes)}; expected the SHA-256 of every file of the "
+            "checkpoint (an empty map would check nothing)"
+        )
+    return manifest
+
+
+def _check_hashes(ckpt: Path, hashes: dict[str, Any]) -> None:
+    """Every file that changes behaviour is listed, present and unaltered (see the module
+    docstring for what that guarantees)."""
+    names = _hashed_names(ckpt)
+    unlisted = [n for n in names if n not in hashes]
+    if unlisted:
+        raise CheckpointError(
+            f"{ckpt / unlisted[0]}: not hashed in {MANIFEST} ({len(unlisted)} file(s) unlisted); "
+            "expected the SHA-256 of every file of the checkpoint (export the run again)"
+        )
+    for name, digest in hashes.items():
+        if name not in names or not (ckpt / name).is_file():
+            raise CheckpointError(
+                f"{ckpt}/{name[:60]}: listed in {MANIFEST} but missing; expected "
+                "every file the manifest lists"
+            )
+        if sha256_file(ckpt / name) != digest:
+            raise CheckpointError(
+                f"{ckpt / name}: altered since export (its SHA-256 differs from {MANIFEST}); "
+                "expected the file as exported"
+            )
 
 
 # =============================================================================================
@@ -235,20 +345,27 @@ def _tokens(record: dict[str, Any], where: str) -> list[str]:
         if not isinstance(text, str):
             raise PredictInputError(f"{where}: no text; give 'text' (a string) or 'tokens'")
         tokens = text.split()
-    if not isinstance(tokens, list) or not all(isinstance(t, str) and t.strip() for t in tokens):
-        raise PredictInputError(f"{where}: 'tokens' must be a list of non-empty strings")
+    if not isinstance(tokens, list) or not all(is_text(t) and t.strip() for t in tokens):
+        raise PredictInputError(
+            f"{where}: 'tokens' is {shorten(tokens, 60)}; expected a list of non-empty strings "
+            "(valid Unicode)"
+        )
     if not tokens:
         raise PredictInputError(f"{where}: the text is empty")
     return tokens
 
 
 def _boxes(value: Any, where: str) -> list[Box]:
-    try:
-        return [Box(*map(float, b[:5]), str(b[5]) if len(b) > 5 else "object") for b in value]
-    except (TypeError, ValueError):
+    """Boxes checked as the boxes reader checks them (``formats.box_problem``)."""
+    if not isinstance(value, list):
         raise PredictInputError(
-            f"{where}: 'boxes' must be a list of [x1, y1, x2, y2, score, class] in pixels"
-        ) from None
+            f"{where}: 'boxes' is {shorten(value, 60)}; expected a list of {BOX_EXPECTED} in pixels"
+        )
+    for j, b in enumerate(value):
+        problem = box_problem(b)
+        if problem is not None:
+            raise PredictInputError(f"{where}: box {j} {problem}; expected {BOX_EXPECTED}")
+    return [to_box(b) for b in value]
 
 
 @dataclasses.dataclass
@@ -305,12 +422,8 @@ class Predictor:
                 else ""
             )
             raise CheckpointError(f"{p}: not a promu checkpoint (no {MANIFEST}).{hint}")
-        manifest = json.loads((p / MANIFEST).read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT:
-            raise CheckpointError(f"{p}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-        for name, digest in manifest["sha256"].items():
-            if not (p / name).is_file() or sha256_file(p / name) != digest:
-                raise CheckpointError(f"{p / name}: missing or altered since export")
+        manifest = _read_manifest(p / MANIFEST)
+        _check_hashes(p, manifest["sha256"])
         labels = json.loads((p / "labels.json").read_text(encoding="utf-8"))
         expected = list(NER_TAGS if manifest["task"] == "ner" else MNRE_RELATIONS)
         if labels != {"task": manifest["task"], "labels": expected}:
@@ -318,7 +431,7 @@ class Predictor:
         cfg = load_config(file=p / "config.yaml")
         text_encoder = json.loads((p / "text_encoder.json").read_text(encoding="utf-8"))
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(p / "tokenizer"), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(p / TOKENIZER_DIR), local_files_only=True)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{p}/tokenizer: not a readable tokenizer ({e})") from e
         offline = _offline_config(cfg, text_encoder)
@@ -327,10 +440,17 @@ class Predictor:
         return cls(net.to(device), tokenizer, cfg, manifest, p)
 
     # -- validation ---------------------------------------------------------------------------
-    def _validate(self, record: dict[str, Any], index: int, base_dir: Path) -> _Post:
-        where = f"post {record.get('id', index)!r}"
+    def _validate(
+        self, record: dict[str, Any], index: int, base_dir: Path, source: str | None = None
+    ) -> _Post:
         if not isinstance(record, dict):
-            raise PredictInputError(f"post {index}: expected a JSON object, got {record!r:.60}")
+            raise PredictInputError(
+                f"{source or f'post {index}'}: a JSON {type(record).__name__} "
+                f'{shorten(record, 40)}; expected a JSON object {{"id", "text" or "tokens", '
+                '"image", "boxes", "head", "tail"}'
+            )
+        where = f"post {shorten(record.get('id', index), 60)}"
+        where = f"{source}: {where}" if source else where
         tokens = _tokens(record, where)
         has_spans = "head" in record or "tail" in record
         head = tail = None
@@ -381,19 +501,36 @@ class Predictor:
         top_k: int = 3,
         batch_size: int = 16,
         progress: bool = False,
+        sources: Sequence[str] | None = None,
+        detector: Any = None,
     ) -> list[dict[str, Any]]:
         """One result per record: MNER ``{"id", "tokens", "tags", "entities"}``; MRE ``{"id",
-        "tokens", "head", "tail", "relations": [{"relation", "probability"}] (top_k)}``."""
+        "tokens", "head", "tail", "relations": [{"relation", "probability"}] (top_k)}``.
+        ``sources``: where each record came from (``posts.jsonl:12``), named in its errors.
+        ``detector`` (a :class:`promu_lib.detect.Detector`, e.g. ``grounding.build_detector(
+        "yolo", weights)``): boxes for each record that has an image and no ``boxes``, its
+        ``data.max_objects`` best; each result then also holds the ``boxes`` the model saw."""
         from promu_lib.progress import iterate
 
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise PredictInputError(f"top_k is {shorten(top_k)}; expected an integer >= 1")
         base = resolve(base_dir)
-        posts = [self._validate(r, i, base) for i, r in enumerate(records)]
+        records = list(records)
+        if detector is not None and self.uses_image:
+            from promu_lib.grounding import with_boxes
+
+            records = with_boxes(records, detector, self.cfg.data.max_objects, base)
+        where = list(sources) if sources is not None else [None] * len(records)
+        posts = [self._validate(r, i, base, where[i]) for i, r in enumerate(records)]
         chunks = [posts[i : i + batch_size] for i in range(0, len(posts), batch_size)]
         if progress:
             chunks = iterate(chunks, len(chunks), f"predict {len(posts)} posts")
         out: list[dict[str, Any]] = []
         for chunk in chunks:
             out += self._predict_batch(chunk, top_k)
+        if detector is not None and self.uses_image:  # what the model saw, e.g. to draw it
+            for row, record in zip(out, records):
+                row["boxes"] = record.get("boxes") or []
         return out
 
     def _dataset(self, posts: list[_Post]) -> NerDataset | ReDataset:
@@ -496,28 +633,30 @@ def format_result(result: dict[str, Any]) -> str:
 # =============================================================================================
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise PredictInputError(f"{path}: input file not found")
-    records = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"not valid JSON ({e.msg})", "one JSON object per line", i) from e
+def _read_jsonl(path: Path) -> tuple[list[Any], list[str]]:
+    """The records of a JSON-lines input and where each came from (``path:line``); UTF-8 and
+    JSON problems are DataErrors naming the line (the records are checked by ``predict``)."""
+    r = FileReader(path, "error", None)
+    records, sources = [], []
+    for i, line in r.lines():  # a missing file or undecodable bytes: DataError
+        if isinstance(line, DataError):
+            raise line
+        if line.strip():
+            records.append(r.strict_json(line, i))
+            sources.append(f"{path}:{i}")
     if not records:
-        raise PredictInputError(f"{path}: no post in the input file")
-    return records
+        raise DataError(path, "no post in the input file", "one JSON object per line")
+    return records, sources
 
 
 def _predict_command(args: argparse.Namespace) -> int:
     """Paths on the command line are relative to the working directory."""
     if args.input and (args.text is not None or args.tokens is not None):
-        raise PredictInputError("give either --input FILE or --text/--tokens, not both")
+        raise UsageError("give either --input FILE or --text/--tokens, not both")
     if args.output and not args.input:
-        raise PredictInputError("--output writes batch results; use it with --input")
+        raise UsageError("--output writes batch results; use it with --input")
+    if args.output and Path(args.output).is_dir():
+        raise PredictInputError(f"{args.output}: is a directory; expected --output FILE.jsonl")
     predictor = Predictor.load(Path(args.checkpoint).absolute(), device=args.device)
     if args.task and args.task != predictor.task:
         name = {"ner": "MNER", "re": "MRE"}
@@ -527,7 +666,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         )
     if args.input:
         path = Path(args.input).absolute()
-        records, base = _read_jsonl(path), path.resolve().parent
+        (records, sources), base = _read_jsonl(path), path.resolve().parent
     else:
         record: dict[str, Any] = {"id": "post"}
         if args.tokens is not None:
@@ -538,9 +677,24 @@ def _predict_command(args: argparse.Namespace) -> int:
             if getattr(args, key) is not None:
                 record[key] = getattr(args, key)
         if args.boxes:
-            record["boxes"] = json.loads(args.boxes)
-        records, base = [record], Path.cwd()
-    results = predictor.predict(records, base_dir=base, top_k=args.top_k, progress=bool(args.input))
+            record["boxes"] = _boxes_argument(args.boxes)
+        records, sources, base = [record], None, Path.cwd()
+    if args.draw and (args.input or not args.image):
+        raise UsageError("--draw pictures one post: give it with --image (and --text), not --input")
+    detector = _detector(args, predictor)
+    results = predictor.predict(
+        records, base_dir=base, top_k=args.top_k, progress=bool(args.input), sources=sources,
+        detector=detector,
+    )  # fmt: skip
+    if args.draw:
+        from promu_lib.grounding import draw_result
+
+        boxes = results[0].get("boxes", records[0].get("boxes"))
+        draw_result(base / args.image, results[0], Path(args.draw).absolute(), boxes)
+        print(f"[promu] drawn to {args.draw}")
+    if detector is not None and not args.json and not args.output:
+        print(f"[promu] --detect {args.detect}: " + ", ".join(
+            f"{len(r.get('boxes', []))} box(es) for {r['id']}" for r in results))  # fmt: skip
     if args.output:
         atomic_write_jsonl(Path(args.output).absolute(), results)
         print(f"[promu] {len(results)} predictions written to {args.output}")
@@ -550,6 +704,44 @@ def _predict_command(args: argparse.Namespace) -> int:
     else:
         print("\n".join(format_result(r) for r in results))
     return 0
+
+
+def _detector(args: argparse.Namespace, predictor: Predictor) -> Any:
+    """The detector of ``--detect`` (None for ``none``, or for a model that sees no image)."""
+    from promu_lib.grounding import build_detector
+
+    if args.detect == "none":
+        return None
+    if not predictor.uses_image or predictor.cfg.data.max_objects == 0:
+        print(
+            f"[promu] --detect {args.detect} ignored: the {predictor.model} checkpoint sees no "
+            "object crops (a text model, or data.max_objects=0)",
+            file=sys.stderr,
+        )
+        return None
+    device = None if args.device == "auto" else args.device
+    return build_detector(args.detect, args.yolo_weights, predictor.cfg.data.max_objects, device)
+
+
+def _boxes_argument(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise PredictInputError(
+            f"--boxes {shorten(text, 60)}: not valid JSON ({shorten(str(e), 60)}); expected "
+            f"'[[x1, y1, x2, y2, score, class], ...]'"
+        ) from e
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _export_command(args: argparse.Namespace) -> int:
@@ -588,10 +780,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         '"boxes", "head", "tail"}; image paths relative to the file',
     )
     p.add_argument("--output", metavar="FILE.jsonl", help="batch output (written atomically)")
-    p.add_argument("--top-k", type=int, default=3, help="MRE: relations to show (default 3)")
+    p.add_argument(
+        "--top-k", type=_positive_int, default=3, help="MRE: relations to show (default 3)"
+    )
     p.add_argument("--task", choices=("ner", "re"), help="fail unless the checkpoint is this task")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument(
+        "--detect",
+        choices=("none", "yolo"),
+        default="none",
+        help="find object boxes in each image that comes without --boxes / 'boxes' and crop "
+        "the data.max_objects best (yolo: ultralytics YOLO, the label-mining detector)",
+    )
+    p.add_argument("--yolo-weights", metavar="PATH", help="local YOLO .pt file for --detect yolo")
+    p.add_argument(
+        "--draw", metavar="OUT.png", help="draw the image with its boxes and predictions (one post)"
+    )
     p.set_defaults(func=_predict_command)
 
     e = subparsers.add_parser(

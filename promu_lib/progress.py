@@ -8,19 +8,25 @@ The policy (:func:`bars_enabled`) decides between a tqdm bar and plain log lines
 2. otherwise the caller's switch (``cfg.run.progress``, a ``show_progress`` argument): off means
    no bars;
 3. otherwise bars when somebody watches: in a Jupyter kernel unless a batch executor started it
-   (papermill, nbclient/nbconvert, pytest, ``promu run``: found from the kernel's parent
-   process), in a plain process when stderr (where tqdm draws) is a terminal.
+   (papermill, nbclient/nbconvert, pytest, ``promu run`` / ``./run_all.sh``: found from the
+   kernel's parent process), in a plain process when stderr (where tqdm draws) is a terminal.
+
+A bar in a kernel is a widget (``tqdm.auto``, with ipywidgets) so JupyterLab draws it; in a
+terminal it is tqdm's text bar. Without bars, nothing carries a carriage return: logs and
+executed notebooks hold whole lines only.
 
 Without bars, :func:`iterate` prints a line every ~1/``lines`` of the loop and :class:`Progress`
-one every ``log_every`` steps, so executed notebooks and logs stay short but still show progress
-(papermill #765, #617: tqdm under papermill floods the output or never updates). A
-:class:`Progress` whose ``enabled`` is false prints nothing at all.
+one every ``log_every`` steps (on stdout in a kernel, so the notebook shows it as plain output,
+not as a warning; on stderr elsewhere), so executed notebooks and logs stay short but still
+show progress (papermill #765, #617: tqdm under papermill floods the output or never updates).
+A :class:`Progress` whose ``enabled`` is false prints nothing at all.
 
 No torch here: notebooks import this module before anything heavy.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -36,6 +42,7 @@ BARS_OFF: frozenset[str] = frozenset({"0", "off", "false", "no", "log"})
 # Programs (the first arguments of a kernel's parent process) that run notebooks unattended.
 BATCH_PARENTS: frozenset[str] = frozenset(
     {"papermill", "pytest", "py.test", "promu", "nbconvert", "jupyter-nbconvert", "jupyter-execute"}
+    | {"promu_lib.pipeline", "promu_lib.cli"}  # `python -m ...`: what ./run_all.sh starts
 )
 
 
@@ -56,6 +63,11 @@ def _parent_argv() -> list[str]:
 
 def _in_kernel() -> bool:
     return "ipykernel" in sys.modules and "JPY_PARENT_PID" in os.environ
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (JupyterLab's, papermill's, ...)."""
+    return _in_kernel()
 
 
 def under_batch_executor() -> bool:
@@ -80,6 +92,23 @@ def bars_enabled(allowed: bool = True) -> bool:
     return sys.stderr.isatty()
 
 
+def bar_class() -> Any:
+    """The tqdm class to draw with: the widget bar in a Jupyter kernel when ipywidgets is
+    installed (JupyterLab renders it), tqdm's text bar otherwise."""
+    if _in_kernel() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+
+        return tqdm
+    from tqdm import tqdm
+
+    return tqdm
+
+
+def log_stream() -> Any:
+    """Where log lines go: stdout in a kernel (plain output, not a warning), else stderr."""
+    return sys.stdout if _in_kernel() else sys.stderr
+
+
 def log_every(total: int, lines: int = 10) -> int:
     """Steps between two log lines so that ``total`` steps print about ``lines`` lines."""
     return max(1, -(-int(total) // max(1, lines)))
@@ -100,9 +129,7 @@ def iterate(
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     if bars_enabled() if bars is None else bars:
-        from tqdm import tqdm  # the text bar: tqdm.auto needs ipywidgets in a notebook
-
-        yield from tqdm(iterable, total=total, desc=desc, mininterval=0.5)
+        yield from bar_class()(iterable, total=total, desc=desc, mininterval=0.5)
         return
     every = log_every(total, lines) if total else 100
     t0 = time.perf_counter()
@@ -117,9 +144,9 @@ def iterate(
 
 
 class Progress:
-    """Steps of a training loop: a tqdm bar (:func:`bars_enabled`), else one line on stderr every
-    ``log_every`` steps; nothing at all when ``enabled`` is false. A context manager (closes the
-    bar on exit); ``initial`` is the step a resumed run starts from."""
+    """Steps of a training loop: a tqdm bar (:func:`bars_enabled`), else one line every
+    ``log_every`` steps (:func:`log_stream`); nothing at all when ``enabled`` is false. A context
+    manager (closes the bar on exit); ``initial`` is the step a resumed run starts from."""
 
     def __init__(
         self, total: int, desc: str, enabled: bool, log_every: int, initial: int = 0
@@ -128,9 +155,7 @@ class Progress:
         self.n, self.start = initial, time.perf_counter()
         self.bar: Any = None
         if enabled and bars_enabled():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+            self.bar = bar_class()(total=total, initial=initial, desc=desc, dynamic_ncols=True)
         self.log = enabled and self.bar is None
 
     def update(self, **postfix: float) -> None:
@@ -148,11 +173,11 @@ class Progress:
             )
 
     def write(self, line: str) -> None:
-        """A message that does not break the bar (stderr; nothing when disabled)."""
+        """A message that does not break the bar (:func:`log_stream`; nothing when disabled)."""
         if self.bar is not None:
             self.bar.write(line)
         elif self.log:
-            print(line, file=sys.stderr, flush=True)
+            print(line, file=log_stream(), flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

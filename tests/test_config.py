@@ -9,6 +9,7 @@ from promu_lib.config import (
     load_config,
     profile_config,
     save_config,
+    validate,
 )
 
 
@@ -75,3 +76,8 @@ def test_bad_config_file_names_the_file(tmp_path):
         load_config("tiny", file=tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="unknown profile"):
         load_config("huge")
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_profile_passes_the_choices_and_ranges(name):
+    assert validate(profile_config(name)) == profile_config(name)

@@ -15,12 +15,12 @@ PACKAGE = project_root() / "promu_lib"
 
 # lowest first; a module belongs to the first entry whose name or package matches it
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("errors", "paths", "io", "config", "cache", "progress")),
+    ("base", ("errors", "paths", "io", "locks", "config", "cache", "progress")),
     ("data", ("data", "metrics", "losses")),
     ("models", ("models", "teacher", "detect", "guards")),
     ("train", ("train", "mining")),
     ("jobs", ("jobs", "chat")),
-    ("report", ("report", "evidence", "analysis", "plots", "predict")),
+    ("report", ("report", "evidence", "analysis", "plots", "predict", "grounding")),
     ("notebook", ("notebook",)),  # the notebooks' set-up: seeds through train.common
     ("studies", ("studies",)),
     ("pipeline", ("pipeline", "pages", "cli")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import shutil
 import warnings
 
@@ -222,7 +223,7 @@ def test_a_bad_post_stops_the_batch_and_writes_nothing(
                "--output", str(out)])  # fmt: skip
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("promu: error:")]
-    assert rc == 2 and len(errors) == 1 and message in errors[0], err
+    assert rc == 1 and len(errors) == 1 and message in errors[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.jpg", "in.jsonl"]
 
 
@@ -230,7 +231,7 @@ def test_cli_refuses_a_checkpoint_of_the_other_task(world, capsys):
     _, _, ckpts, _ = world
     rc = main(["predict", "--checkpoint", str(ckpts["twitter2015"]), "--task", "re",
                "--text", "a b"])  # fmt: skip
-    assert rc == 2 and "is an MNER checkpoint (twitter2015, hvpnet), not MRE" in (
+    assert rc == 1 and "is an MNER checkpoint (twitter2015, hvpnet), not MRE" in (
         capsys.readouterr().err
     )
 
@@ -242,3 +243,22 @@ def test_help_documents_every_input(capsys):
     for flag in ("--checkpoint", "--text", "--tokens", "--image", "--boxes", "--head", "--tail",
                  "--input", "--output", "--top-k", "--task", "--json", "--device"):  # fmt: skip
         assert flag in text
+
+
+def test_a_second_export_to_the_same_target_waits_and_returns_the_first(world, tmp_path):
+    import threading
+    import time
+
+    from promu_lib.locks import dir_lock
+
+    _, _, _, tmp = world
+    run, target, result = tmp / "run_mnre", tmp_path / "ckpt", {}
+    second = threading.Thread(target=lambda: result.update(out=pr.export_checkpoint(run, target)))
+    with dir_lock(target, "export"):  # the first export holds its target
+        second.start()
+        time.sleep(0.5)
+        assert second.is_alive() and not target.exists()  # the second waits
+        pr._export(run, target)
+    second.join(timeout=120)
+    assert result["out"] == target and pr.Predictor.load(target).task == "re"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -79,33 +78,85 @@ def _run(code: str, cfg_file: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", script], env=env, cwd=str(out.parent))
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(cfg, tmp_path):
-    """kill -9 mid-run, rerun: the same final weights as an uninterrupted run (bitwise, CPU).
-    Every run is a fresh process with one thread, so float reductions are identical."""
-    longer = cfg.replace(**{"pretrain.steps": 8})
-    cfg_file = save_config(longer, tmp_path / "cfg.yaml")
-    straight, out = tmp_path / "straight", tmp_path / "killed"
-    assert _run(f"pretrain(cfg, seed=0, out_dir={str(straight)!r})", cfg_file, straight).wait() == 0
+# kill -9 at a chosen point of step 3 (checkpoints after every step): the process kills itself
+_KILL_AT = {
+    # inside step 3's loss, after the checkpoint of step 2
+    "mid-step": """
+import promu_lib.losses as losses
+real, calls = losses.total_loss, []
+def total_loss(*a, **k):
+    calls.append(1)
+    if len(calls) == 3:
+        kill()
+    return real(*a, **k)
+losses.total_loss = total_loss
+""",
+    # step 3's save: its weights and optimizer are in the temporary directory, trainer.json not
+    "during-save": """
+import promu_lib.train.common as common
+real, calls = common.atomic_write_json, []
+def atomic_write_json(path, *a, **k):
+    if path.name == common.TRAINER_FILE:
+        calls.append(1)
+        if len(calls) == 3:
+            kill()
+    return real(path, *a, **k)
+common.atomic_write_json = atomic_write_json
+""",
+    # step 3's save, between its two renames: ckpt moved to .ckpt.old, the new one not in place
+    "between-renames": """
+import promu_lib.train.common as common
+real, calls = common.os.replace, []
+def replace(src, dst):
+    real(src, dst)
+    if str(dst).endswith(".ckpt.old"):
+        calls.append(1)
+        if len(calls) == 2:
+            kill()
+common.os.replace = replace
+""",
+}
 
-    proc = _run(f"pretrain(cfg, seed=0, out_dir={str(out)!r})", cfg_file, out)
-    deadline = time.time() + 120
-    while not (out / "ckpt" / "trainer.json").exists() and proc.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_early = not (out / "DONE.json").exists()
-    assert _run(f"pretrain(cfg, seed=0, out_dir={str(out)!r})", cfg_file, out).wait() == 0
-    resumed = out
-    a, b = load_file(str(straight / ENCODER_FILE)), load_file(str(resumed / ENCODER_FILE))
+
+@pytest.fixture(scope="module")
+def straight(cfg, tmp_path_factory):
+    """An uninterrupted 8-step run, in this process with one thread (as the killed ones)."""
+    torch.set_num_threads(1)
+    longer = cfg.replace(**{"pretrain.steps": 8})
+    return longer, pretrain(longer, seed=0, out_dir=tmp_path_factory.mktemp("p") / "straight")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", list(_KILL_AT))
+def test_killed_run_resumes_to_the_same_weights(straight, tmp_path, where):
+    """kill -9 mid-step, during a checkpoint save and between its renames, rerun: the same
+    final weights, losses and files as an uninterrupted run (bitwise, CPU, one thread)."""
+    longer, reference = straight
+    cfg_file = save_config(longer, tmp_path / "cfg.yaml")
+    out = tmp_path / "killed"
+    code = (
+        "import os, signal\n"
+        "def kill():\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+        + _KILL_AT[where]
+        + f"pretrain(cfg, seed=0, out_dir={str(out)!r})"
+    )
+    assert _run(code, cfg_file, out).wait(timeout=300) == -signal.SIGKILL
+    assert not (out / "DONE.json").exists()
+    left = sorted(p.name for p in out.iterdir())
+    if where == "during-save":  # a half save in a temporary directory, the old ckpt intact
+        assert any(n.startswith(".ckpt.") and n.endswith(".tmp") for n in left), left
+    if where == "between-renames":
+        assert "ckpt" not in left and ".ckpt.old" in left, left
+    torch.set_num_threads(1)
+    pretrain(longer, seed=0, out_dir=out)
+    a, b = load_file(str(reference / ENCODER_FILE)), load_file(str(out / ENCODER_FILE))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    losses = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
-    again = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
-    assert [r["total"] for r in losses] == [r["total"] for r in again]
-    assert killed_early  # the kill landed before the end (else this tested nothing)
+    losses = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    again = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["total"] for r in losses] == [r["total"] for r in again] and len(again) == 8
+    assert sorted(os.listdir(out)) == sorted(os.listdir(reference))  # no temp dir, no .ckpt.old
 
 
 @pytest.mark.slow

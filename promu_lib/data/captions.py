@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from promu_lib.config import Config
@@ -22,6 +21,7 @@ from promu_lib.data.formats import read_captions
 from promu_lib.data.images import ImageLoader, safe_join
 from promu_lib.data.layout import DataLayout
 from promu_lib.data.pseudo_labels import PseudoLabels, harden
+from promu_lib.progress import iterate
 
 
 class CaptionDataset(Dataset):
@@ -57,7 +57,9 @@ class CaptionDataset(Dataset):
         self.image_index = {name: i for i, name in enumerate(names)}
         pixels = [
             to_pixels(loader(safe_join(image_dir, name, source)), cfg.data.image_size)
-            for name in tqdm(names, desc="caption images", disable=not progress, leave=False)
+            for name in (
+                iterate(names, len(names), "caption images", lines=4) if progress else names
+            )
         ]
         self.pixels = torch.stack(pixels)  # (N_images, 3, S, S) uint8
         self.image_of = torch.tensor([self.image_index[p.image] for p in self.pairs])

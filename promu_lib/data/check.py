@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class SplitCheck:
     sha256: str | None = None
     n_posts: int = 0
     labels: dict[str, int] = field(default_factory=dict)  # entities per type / relations
+    b_tags: dict[str, int] = field(default_factory=dict)  # NER: B- tags per type (papers' counts)
     image_dir: Path | None = None
     n_images: int = 0  # distinct images named by the posts
     n_images_missing: int = 0
@@ -122,9 +124,11 @@ def check_data(
     datasets: tuple[str, ...] = DATASETS,
     verify_images: bool = False,
     on_missing_image: str | None = None,
+    captions: bool = True,
 ) -> DataCheck:
-    """Check ``layout.root``. ``verify_images`` also decodes every image (slower) and checks
-    each box against its image's size; otherwise images are only looked up."""
+    """Check ``layout.root``. Every box is checked against its image's size (read from the
+    image's header); ``verify_images`` also decodes every image (slower), otherwise images are
+    only looked up."""
     policy = on_missing_image or layout.data.on_missing_image
     report = DataCheck(root=layout.root, on_missing_image=policy)
     rel2id = None
@@ -152,7 +156,8 @@ def check_data(
                         msg + f"; they will be blank (on_missing_image={policy!r})"
                     )
         _check_boxes(layout, dataset, posts_by_split, verify_images, report)
-    _check_captions(layout, verify_images, report)
+    if captions:  # False: a directory of one dataset (promu_lib.data.dataset_dir)
+        _check_captions(layout, verify_images, report)
     return report
 
 
@@ -212,6 +217,7 @@ def _check_split(layout, dataset, split, rel2id, verify_images):
         else:
             posts = read_twitter(path, report=rr)
             sc.labels = dict(count_entities(posts))
+            sc.b_tags = dict(count_b_tags(posts))
     except DataError as e:
         sc.error = str(e)
         return sc, []
@@ -259,27 +265,38 @@ def _check_boxes(layout, dataset, posts_by_split, verify_images, report) -> None
         "boxes": sum(map(len, boxes.values())),
         "posts_without_entry": sum(p.img_id in without for _, p in posts),
     }
-    if verify_images:
-        outside = 0
-        for split, p in posts:
-            file = layout.image_dir(dataset, split) / layout.image_name(dataset, p.img_id)
-            if p.img_id not in boxes or not file.is_file():
-                continue
-            with Image.open(file) as im:
-                w, h = im.size
-            for b in boxes[p.img_id]:
-                try:
-                    clip_box(b, w, h, source=fc.path)
-                except DataError as e:
-                    outside += 1
-                    if len(fc.examples) < MAX_EXAMPLES:
-                        fc.examples.append(f"{p.img_id}: {e.problem}")
+    outside = 0
+    for split, img_id in dict.fromkeys((split, p.img_id) for split, p in posts):
+        file = layout.image_dir(dataset, split) / layout.image_name(dataset, img_id)
+        size = _image_size(file) if img_id in boxes else None
+        for j, b in enumerate(boxes[img_id] if size else ()):
+            try:
+                clip_box(b, *size, source=fc.path)
+            except DataError as e:
+                outside += 1
+                if len(fc.examples) < MAX_EXAMPLES:
+                    fc.examples.append(f"image {img_id!r} box {j}: {e.problem}")
+    if verify_images or outside:
         fc.summary["boxes_outside_image"] = outside
         if outside:
             report.problems.append(
                 f"{fc.path}: {outside} box(es) lie outside their image "
                 f"(e.g. {'; '.join(fc.examples)}); expected boxes in pixel coordinates of the image"
             )
+
+
+def _image_size(file: Path) -> tuple[int, int] | None:
+    """(width, height) from the image's header; None when it is missing or unreadable (its
+    split's check reports that, with --verify-images)."""
+    if not file.is_file():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as im:
+                return im.size
+    except Exception:  # not an image, a bomb, truncated: PIL raises many types (see load_image)
+        return None
 
 
 def _check_captions(layout, verify_images, report) -> None:
@@ -338,8 +355,9 @@ def render(report: DataCheck) -> str:
         for f in report.files:
             if f.kind == "boxes" and f.name == dataset:
                 out.append(_file_line(f, report.root))
-    out.append("\npre-training")
-    out.extend(_file_line(f, report.root) for f in report.files if f.kind == "captions")
+    captions = [_file_line(f, report.root) for f in report.files if f.kind == "captions"]
+    if captions:
+        out.extend(["\npre-training", *captions])
     if report.warnings:
         out.append(f"\nWARNINGS ({len(report.warnings)})")
         out.extend(f"  - {w}" for w in report.warnings)
@@ -361,15 +379,32 @@ def _split_lines(s: SplitCheck, root: Path) -> list[str]:
         f"{head}  {s.n_posts} {unit}, images {s.n_images - s.n_images_missing}/{s.n_images} "
         f"found in {_rel(s.image_dir, root)}, sha256 {s.sha256[:12]}"
     ]
-    labels = ", ".join(f"{k}\xa0{v}" for k, v in s.labels.items())  # keep "name count" together
-    what = "relations" if s.dataset == "mnre" else "entities"
-    wrapped = textwrap.wrap(
-        f"{what}: {labels}", 96, initial_indent=" " * 8, subsequent_indent=" " * 10
-    )
-    lines += [w.replace("\xa0", " ") for w in wrapped]
+    if s.dataset == "mnre":
+        lines += _count_lines("relations", s.labels)
+    else:
+        lines += _count_lines("entities as seqeval reads them", s.labels)  # I- w/o B-: one
+        lines += _count_lines("B- tags (what the papers count)", s.b_tags)
     if s.notes:
         lines.append("        tolerated: " + ", ".join(f"{k} x{v}" for k, v in s.notes.items()))
     return lines
+
+
+def _count_lines(what: str, counts: dict[str, int]) -> list[str]:
+    """``what: A 3, B 1, total 4`` wrapped at 96 columns, each "name count" kept together."""
+    labels = ", ".join(f"{k}\xa0{v}" for k, v in [*counts.items(), ("total", sum(counts.values()))])
+    wrapped = textwrap.wrap(
+        f"{what}: {labels}", 96, initial_indent=" " * 8, subsequent_indent=" " * 10
+    )
+    return [w.replace("\xa0", " ") for w in wrapped]
+
+
+def count_b_tags(posts) -> Counter:
+    """``B-`` tags per entity type: the entity counts the papers publish (an ``I-`` without its
+    ``B-`` counts as no entity here, as one in seqeval's :func:`count_entities`)."""
+    counts: Counter = Counter({t: 0 for t in count_entities([])})
+    for post in posts:
+        counts.update(lab[2:] for lab in post.labels if lab.startswith("B-"))
+    return counts
 
 
 def _file_line(f: FileCheck, root: Path) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from promu_lib.config import PROFILES, load_config
 from promu_lib.data.layout import DATASETS, DataLayout
+from promu_lib.errors import PromuError, UsageError
 from promu_lib.paths import resolve
 
 
@@ -28,9 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument(
         "--dataset", action="append", choices=DATASETS, help="check only this dataset (repeatable)"
     )
-    check.add_argument(
-        "--verify-images", action="store_true", help="decode every image and check boxes (slower)"
-    )
+    check.add_argument("--verify-images", action="store_true", help="decode every image (slower)")
     check.add_argument("--json", help="also write the report as JSON to this file")
     check.set_defaults(func=_check)
 
@@ -51,21 +50,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     from promu_lib.data.check import check_data
+    from promu_lib.data.dataset_dir import detect, layout_help
     from promu_lib.io import atomic_write_json
 
     cfg = load_config(args.profile, args.config)
     root = Path(args.dir).resolve() if args.dir else resolve(cfg.data_root())
-    layout = DataLayout(root=root, data=cfg.data)
-    report = check_data(layout, tuple(args.dataset or DATASETS), verify_images=args.verify_images)
+    one = detect(root, cfg.data, tuple(args.dataset or ())) if args.dir else None  # one dataset
+    layout = one.layout if one else DataLayout(root=root, data=cfg.data)
+    datasets = (one.dataset,) if one else tuple(args.dataset or DATASETS)
+    report = check_data(layout, datasets, verify_images=args.verify_images, captions=not one)
+    if one:
+        print(one.describe() + "\n")
     print(report)
+    if not one and not any(s.found for s in report.splits):
+        print("\n" + layout_help(root, cfg.data))
     if args.json:
         atomic_write_json(args.json, report.to_dict())
-    return 0 if report.ok else 1
+    if not report.ok:  # the report lists every problem; the error line names the first
+        more = len(report.problems) - 1
+        raise PromuError(report.problems[0] + (f" (+{more} more, listed above)" if more else ""))
+    return 0
 
 
 def _convert_crops(args: argparse.Namespace) -> int:
     from promu_lib.data.crops import convert_crops
 
+    if args.task == "re" and not args.split_file:
+        raise UsageError("--task re needs --split-file: MRE crop dicts are keyed by line index")
     res = convert_crops(
         args.pth,
         args.crops_dir,
@@ -73,6 +84,7 @@ def _convert_crops(args: argparse.Namespace) -> int:
         task=args.task,
         split_file=args.split_file,
         check_files=not args.no_check_files,
+        strict=True,  # a missing crop file: an error, and nothing written
     )
     print(f"wrote {res.out}: {res.n_images} images, {res.n_crops} crops")
     if res.unknown_keys:
@@ -81,7 +93,4 @@ def _convert_crops(args: argparse.Namespace) -> int:
         )
     if res.conflicts:
         print(f"  {res.conflicts} lines share an image but list other crops (first kept)")
-    if res.n_missing_files:
-        print(f"  {res.n_missing_files} crop files not found (e.g. {', '.join(res.missing_files)})")
-        return 1
     return 0

@@ -85,12 +85,14 @@ def convert_crops(
     task: str = "ner",
     split_file: str | Path | None = None,
     check_files: bool = True,
+    strict: bool = False,
 ) -> CropConversion:
     """Write our crops JSON from one HVPNeT ``.pth`` dict (see the module docstring).
 
     ``split_file`` is required for ``task="re"`` (keys are line indices) and, for ``"ner"``,
     used to report keys that match no post. ``crops_dir`` must lie under ``out``'s directory,
-    so the JSON can store relative paths.
+    so the JSON can store relative paths. ``strict``: a crop file not found is a DataError and
+    nothing is written (else it is counted in the result).
     """
     if task not in ("ner", "re"):
         raise ValueError(f"task must be 'ner' or 're', got {task!r}")
@@ -130,6 +132,13 @@ def convert_crops(
         crops[img_id] = rel
     result.n_images = len(crops)
     result.n_crops = sum(map(len, crops.values()))
+    if strict and result.n_missing_files:
+        raise DataError(
+            pth,
+            f"{result.n_missing_files} crop file(s) it names are not in {crops_dir} (e.g. "
+            f"{', '.join(result.missing_files)}); nothing written",
+            "every crop file under --crops-dir (or --no-check-files)",
+        )
     atomic_write_json(out, crops, indent=None)
     return result
 

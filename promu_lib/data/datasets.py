@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from promu_lib.config import Config
@@ -43,6 +43,7 @@ from promu_lib.data.layout import DataLayout
 from promu_lib.data.pixel_cache import Visual
 from promu_lib.data.records import MNRE_REL2ID, NER_TAG2ID, RE_MARKERS, Box, NerPost, RePost
 from promu_lib.errors import DataError, MissingAssetError
+from promu_lib.progress import iterate
 
 log = logging.getLogger(__name__)
 _warned: set[tuple] = set()
@@ -249,7 +250,12 @@ class ImageSource:
 
     def visual(self, img_id: str, line: int | None = None) -> Visual:
         path = safe_join(self.image_dir, img_id + self.suffix, self.source, line)
-        image = self.loader(path)
+        try:
+            image = self.loader(path)
+        except DataError as e:  # name the line that refers to the image too
+            if self.source is None:
+                raise
+            raise DataError(self.source, f"image {path}: {e.problem}", e.expected, line) from e
         m, size = self.max_objects, self.size
         if str(path) in self.loader.blanks:  # missing and on_missing="blank": counted there
             return Visual.blank(size, m)
@@ -263,9 +269,13 @@ class ImageSource:
                 break
             try:
                 b = clip_box(box, w, h, self.boxes_path)
-            except DataError:
-                if self.on_bad_box == "error":
-                    raise
+            except DataError as e:
+                if self.on_bad_box == "error":  # name the image (and the boxes file)
+                    if self.boxes_path is None:
+                        raise DataError(f"image {img_id!r}", e.problem, e.expected) from e
+                    raise DataError(
+                        self.boxes_path, f"image {img_id!r}: {e.problem}", e.expected
+                    ) from e
                 self.bad_boxes += 1
                 continue
             out.objects[k] = to_pixels(crop(image, b), size, self.transform)
@@ -340,9 +350,8 @@ class PostDataset(Dataset):
             cached = pixel_cache.load(path, images) if path.is_file() else None
             if cached is not None:  # the key covers every post's image: same length
                 return cached
-        todo = tqdm(
-            self.posts, desc=f"images {self.name}".strip(), disable=not progress, leave=False
-        )
+        desc = f"images {self.name}".strip()
+        todo = iterate(self.posts, len(self.posts), desc, lines=4) if progress else self.posts
         visuals = [images.visual(p.img_id, p.line or None) for p in todo]
         if path is not None:
             pixel_cache.save(path, visuals, images)
@@ -493,11 +502,13 @@ def load_split(
     seed: int = 0,
     fraction: float = 1.0,
     progress: bool | None = None,
+    pixel_cache_dir: Path | None = None,
 ) -> PostDataset:
     """The dataset of one split as the config describes it.
 
     ``fraction < 1`` keeps that share of the posts, drawn WITHOUT replacement from ``seed``
-    (the reference draws with replacement), in file order.
+    (the reference draws with replacement), in file order. Decoded pixels are cached in
+    ``pixel_cache_dir`` (default ``<run.output_dir>/cache/pixels``) when ``data.cache_images``.
     """
     layout = layout or DataLayout.of(cfg)
     d = cfg.data
@@ -530,7 +541,9 @@ def load_split(
         image_mode=image_mode,
         seed=seed,
         cache_images=d.cache_images,
-        pixel_cache_dir=cfg.output_root() / "cache" / "pixels" if d.cache_images else None,
+        pixel_cache_dir=(pixel_cache_dir or cfg.output_root() / "cache" / "pixels")
+        if d.cache_images
+        else None,
         progress=cfg.run.progress if progress is None else progress,
         name=f"{dataset}/{split}",
     )
@@ -630,10 +643,29 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as torch's DataLoader counts)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def capped_workers(num_workers: int) -> int:
+    """``num_workers`` data-loading processes, at most :func:`available_cores` (the ``paper``
+    profile asks for 4; more workers than cores may freeze the loader), with a note when cut."""
+    cores = available_cores()
+    if num_workers <= cores:
+        return num_workers
+    _warn_once("num_workers=%d capped at %d, the cores of this machine", num_workers, cores)
+    return cores
+
+
 def make_loader(
     dataset: PostDataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
 ) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` and ``loader.sampler.set_epoch(e)``."""
+    """A DataLoader whose order depends only on ``seed`` and ``loader.sampler.set_epoch(e)``;
+    ``num_workers`` is capped at the machine's cores (:func:`capped_workers`)."""
+    num_workers = capped_workers(num_workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,

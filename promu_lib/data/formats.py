@@ -21,6 +21,7 @@ import ast
 import json
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from promu_lib.data.records import (
     RePost,
     Span,
 )
-from promu_lib.errors import DataError
+from promu_lib.errors import DataError, shorten
 from promu_lib.io import atomic_open, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,32 @@ class FileReader:
                 "a JSON value",
                 e.lineno if line is None else line,
             ) from e
+        except (ValueError, RecursionError) as e:  # an integer of > 4300 digits; deep nesting
+            raise self.error(
+                f"not readable as JSON ({type(e).__name__}: {str(e)[:60]})",
+                "a JSON value (integers of at most 4300 digits, nesting a few hundred deep)",
+                line if line is not None else _number_line(text, e),
+            ) from e
+
+
+def _number_line(text: str, e: Exception) -> int | None:
+    """The line of the first integer of more than 4300 digits (what ``e`` complains of)."""
+    if not isinstance(e, ValueError):
+        return None
+    m = re.search(r"\d{4301}", text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def is_text(x: object) -> bool:
+    """A string of valid Unicode: JSON and Python escapes can make a lone surrogate
+    (``"\\udce9"``), which no tokenizer takes."""
+    if not isinstance(x, str):
+        return False
+    try:
+        x.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_int(x: object) -> bool:
@@ -386,12 +413,14 @@ def _mnre_record(
         if text.startswith("{'"):  # the real files: a Python literal, JSON would fail anyway
             raise json.JSONDecodeError("single quotes", text, 1)
         obj = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, or a number beyond int's limit
         try:
             obj = ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
             raise r.error(
-                f"not a dict literal or JSON object ({type(e).__name__})", _MNRE_EXPECTED, i
+                f"not a dict literal or JSON object ({type(e).__name__}: {str(e)[:60]})",
+                _MNRE_EXPECTED,
+                i,
             ) from e
     if not isinstance(obj, dict):
         raise r.error(f"a {type(obj).__name__}, not a dict", _MNRE_EXPECTED, i)
@@ -399,12 +428,10 @@ def _mnre_record(
     if missing:
         raise r.error(f"missing key(s) {', '.join(map(repr, missing))}", _MNRE_EXPECTED, i)
     tokens = obj["token"]
-    if (
-        not isinstance(tokens, (list, tuple))
-        or not tokens
-        or not all(isinstance(t, str) for t in tokens)
-    ):
-        raise r.error(f"'token' is {tokens!r:.80}", "'token': a non-empty list of strings", i)
+    if not isinstance(tokens, (list, tuple)) or not tokens or not all(map(is_text, tokens)):
+        raise r.error(
+            f"'token' is {shorten(tokens, 80)}", "'token': a non-empty list of strings", i
+        )
     head = _mnre_span(r, obj["h"], "h", len(tokens), i)
     tail = _mnre_span(r, obj["t"], "t", len(tokens), i)
     if head.start < tail.end and tail.start < head.end:
@@ -534,7 +561,7 @@ def _caption_record(r: FileReader, text: str, i: int) -> CaptionPair:
     cid, caption, image, matched = obj["id"], obj["caption"], obj["image"], obj["matched"]
     if not (isinstance(cid, str) and cid) and not _is_int(cid):
         raise r.error(f"'id' is {cid!r:.40}", "a non-empty string id", i)
-    if not isinstance(caption, str) or not caption.strip():
+    if not is_text(caption) or not caption.strip():
         raise r.error(f"'caption' is {caption!r:.40}", "a non-empty caption string", i)
     problem = name_problem(image)
     if problem is not None:
@@ -546,7 +573,7 @@ def _caption_record(r: FileReader, text: str, i: int) -> CaptionPair:
 
 # -- object boxes -------------------------------------------------------------------------------
 
-_BOX_EXPECTED = (
+BOX_EXPECTED = (
     "[x1, y1, x2, y2, score, class] with x1 < x2, y1 < y2, 0 <= score <= 1, class int or str"
 )
 
@@ -582,19 +609,35 @@ def read_boxes(
     return out
 
 
-def _box(r: FileReader, b: object, where: str) -> Box:
+def box_problem(b: object) -> str | None:
+    """What is wrong with ``b`` as a box ``[x1, y1, x2, y2, score, class]`` ("is inverted or
+    empty [...]", "has score 1.7", ...), or None: the one rule of the reader and of
+    ``promu predict --boxes``."""
     if not isinstance(b, list) or len(b) != 6:
-        raise r.error(f"{where} is {b!r:.60}", _BOX_EXPECTED)
+        return f"is {shorten(b, 60)}"
     x1, y1, x2, y2, score, cls = b
     if not all(map(_is_num, (x1, y1, x2, y2, score))):
-        raise r.error(f"{where} has non-numeric or non-finite values {b!r:.60}", _BOX_EXPECTED)
+        return f"has non-numeric or non-finite values {shorten(b, 60)}"
     if not (x1 < x2 and y1 < y2):
-        raise r.error(f"{where} is inverted or empty {b[:4]}", _BOX_EXPECTED)
+        return f"is inverted or empty {b[:4]}"
     if not 0.0 <= score <= 1.0:
-        raise r.error(f"{where} has score {score}", _BOX_EXPECTED)
+        return f"has score {score}"
     if not (isinstance(cls, str) or _is_int(cls)):
-        raise r.error(f"{where} has class {cls!r:.30}", _BOX_EXPECTED)
+        return f"has class {shorten(cls, 30)}"
+    return None
+
+
+def to_box(b: list) -> Box:
+    """A list that passed :func:`box_problem` as a :class:`Box`."""
+    x1, y1, x2, y2, score, cls = b
     return Box(float(x1), float(y1), float(x2), float(y2), float(score), str(cls))
+
+
+def _box(r: FileReader, b: object, where: str) -> Box:
+    problem = box_problem(b)
+    if problem is not None:
+        raise r.error(f"{where} {problem}", BOX_EXPECTED)
+    return to_box(b)
 
 
 def _key_lines(text: str) -> Callable[[str], int]:

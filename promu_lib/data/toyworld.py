@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from promu_lib.config import Config, ConfigError, ToyWorldConfig, config_hash
 from promu_lib.data import toyworld_text as text
@@ -69,6 +68,7 @@ from promu_lib.data.toyworld_draw import (
 from promu_lib.errors import DataError
 from promu_lib.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 from promu_lib.paths import resolve
+from promu_lib.progress import Progress, log_every
 
 __all__ = [
     "RELATION_PHRASES",
@@ -512,13 +512,13 @@ def build_toy_world(cfg: Config, progress: bool = True) -> Path:
 
     total = sum(toy.twitter2015_sizes) + sum(toy.twitter2017_sizes) + sum(toy.mnre_sizes)
     total += toy.n_captions - round(toy.n_captions * toy.mismatch_rate)
-    bar = tqdm(total=total, desc="toy world", unit="img", disable=not progress, mininterval=0.5)
+    bar = Progress(total, "toy world images", progress, log_every=log_every(total))
 
     def save(path: Path, scene: Scene, rng: np.random.Generator) -> None:
         # no fsync per image: one os.sync() before the manifest commits them all (~4x faster)
         data = encode_jpeg(render(scene, toy.image_size, rng), toy.jpeg_quality)
         atomic_write_bytes(path, data, fsync=False)
-        bar.update(1)
+        bar.update()
 
     names = _NamePool(toy.n_names, np.random.default_rng([toy.seed, _STREAMS["names"]]))
     stats = {d: _build_ner(layout, d, names, toy, save) for d in NER_DATASETS}

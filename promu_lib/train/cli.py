@@ -36,12 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from promu_lib.errors import UsageError
     from promu_lib.train.finetune import finetune, summarize
 
     cfg = load_config(args.profile, args.config, args.overrides)
     seeds = args.seed or list(cfg.run.seeds)
     if args.out and len(seeds) > 1:
-        raise SystemExit("promu finetune: --out takes a single --seed")
+        raise UsageError("--out takes a single --seed")
     for seed in seeds:
         metrics = finetune(
             cfg,

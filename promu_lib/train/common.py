@@ -33,6 +33,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from promu_lib.errors import CheckpointError, MissingAssetError, PromuError
 from promu_lib.io import atomic_write_bytes, atomic_write_json
+from promu_lib.locks import pid_alive
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -204,9 +205,9 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _recover(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save killed midway
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_stale_saves(path)
+    prefix = f".{path.name}.{os.getpid()}."  # whose save it is: see _remove_stale_saves
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
     try:
         save_weights(tmp / MODEL_FILE, model)
         trainer: dict[str, Any] = {"step": step, "extra": extra or {}, "rng": rng_state()}
@@ -227,6 +228,15 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _remove_stale_saves(path: Path) -> None:
+    """Remove the temporary directories of saves killed midway: only those of this process or
+    of a process that no longer exists (never another live process's save in progress)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _previous(path: Path) -> Path:

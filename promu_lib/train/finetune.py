@@ -40,8 +40,10 @@ from promu_lib.config import Config, FinetuneConfig
 from promu_lib.data.datasets import PostDataset, load_split, make_loader
 from promu_lib.data.layout import SPLITS, DataLayout
 from promu_lib.data.tokenizer import build_tokenizer
+from promu_lib.errors import MissingAssetError
 from promu_lib.guards import check_dev
 from promu_lib.io import atomic_write_json, atomic_write_jsonl, sha256_file
+from promu_lib.locks import dir_lock
 from promu_lib.models.registry import MODELS as MODELS  # re-exported: name -> ModelSpec
 from promu_lib.models.registry import model_spec
 from promu_lib.paths import resolve
@@ -155,14 +157,22 @@ def finetune(
     ``init``: a pre-training checkpoint for the backbone (safetensors, ``encoder.`` keys).
     ``image_mode``: ``true``/``blank``/``shuffled`` images for every split (robustness study).
     Cached: a finished run with the same config slice, seed, init and image mode is returned
-    from disk; an interrupted one resumes from its last epoch.
+    from disk; an interrupted one resumes from its last epoch. One process per run directory
+    (``promu_lib.locks``): a second one on the same run waits, then reads the first's result.
     """
     run = _check_run(cfg, dataset, model, init, seed, out_dir, image_mode)
-    if is_done(run.out):
-        return json.loads((run.out / "metrics.json").read_text(encoding="utf-8"))
-    run.out.mkdir(parents=True, exist_ok=True)
-    clock = time.perf_counter()
+    if not is_done(run.out):
+        with dir_lock(run.out, "fine-tuning"):
+            if not is_done(run.out):
+                return _train_run(cfg, run)
+    return json.loads((run.out / "metrics.json").read_text(encoding="utf-8"))
 
+
+def _train_run(cfg: Config, run: _Run) -> dict[str, Any]:
+    """What :func:`finetune` does under its lock, in order (see the module docstring); the
+    run directory appears with its first file (a run stopped by bad data leaves nothing)."""
+    clock = time.perf_counter()
+    seed = run.seed
     seed_everything(seed, cfg.run.deterministic)
     device = pick_device(cfg.run.device)
     tokenizer, data, loaders = _load_data(cfg, run)
@@ -185,6 +195,7 @@ class _Run:
     seed: int
     image_mode: str
     out: Path
+    pixel_cache: Path | None = None  # with out_dir: under it (the run's files in one place)
 
 
 def _check_run(
@@ -203,12 +214,18 @@ def _check_run(
         raise ValueError(f"unknown image_mode {image_mode!r}; expected one of {IMAGE_MODES}")
     if cfg.finetune.epochs < 1:
         raise ValueError(f"finetune.epochs must be >= 1, got {cfg.finetune.epochs}")
-    out = (
-        resolve(out_dir)
-        if out_dir is not None
-        else resolve(finetune_dir(cfg, dataset, model, init=init, seed=seed, image_mode=image_mode))
-    )
-    return _Run(dataset, model, task, init, seed, image_mode, out)
+    if init is not None and not Path(init).is_file():
+        raise MissingAssetError(
+            f"the --init checkpoint {init}", [str(init)], "Give a pre-training checkpoint "
+            "(encoder.safetensors of `promu pretrain`) or a fine-tuned model.safetensors.",
+        )  # fmt: skip
+    if out_dir is None:
+        out = resolve(
+            finetune_dir(cfg, dataset, model, init=init, seed=seed, image_mode=image_mode)
+        )
+        return _Run(dataset, model, task, init, seed, image_mode, out)
+    out = resolve(out_dir)
+    return _Run(dataset, model, task, init, seed, image_mode, out, out / "cache" / "pixels")
 
 
 def _load_data(cfg: Config, run: _Run) -> tuple[Any, dict[str, PostDataset], dict[str, Any]]:
@@ -228,6 +245,7 @@ def _load_data(cfg: Config, run: _Run) -> tuple[Any, dict[str, PostDataset], dic
             image_mode=run.image_mode,
             seed=run.seed,
             fraction=f.train_fraction if split == "train" else 1.0,
+            pixel_cache_dir=run.pixel_cache,
         )
         for split in SPLITS
     }
@@ -394,7 +412,7 @@ def _test_and_report(
     device: torch.device,
 ) -> dict[str, Any]:
     """The best-dev weights on test, then the outputs (predictions, weights, metrics, DONE
-    last); the checkpoint and the best-epoch file go."""
+    last); the checkpoint, the best-epoch file and a pixel cache under ``out`` go."""
     state, out = tr.state, run.out
     load_weights(out / state["best_file"], tr.net)
     test = evaluate(tr.net, test_loader, device)
@@ -425,6 +443,8 @@ def _test_and_report(
     mark_done(out, {"dev_f1": state["best_dev"]["f1"], "test_f1": test["metrics"]["f1"]})
     (out / state["best_file"]).unlink(missing_ok=True)
     shutil.rmtree(tr.ckpt, ignore_errors=True)
+    if run.pixel_cache is not None:  # under --out: it served a resume of this run only
+        shutil.rmtree(run.pixel_cache.parent, ignore_errors=True)
     return metrics
 
 

@@ -18,6 +18,7 @@ CPU). Under ``torchrun --nproc_per_node=N`` the same function runs DDP (see
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from promu_lib.data.captions import CaptionDataset, collate_captions
 from promu_lib.data.pseudo_labels import load_pseudo_labels
 from promu_lib.data.tokenizer import build_tokenizer
 from promu_lib.io import atomic_write_jsonl
+from promu_lib.locks import dir_lock
 from promu_lib.mining import mine_labels
 from promu_lib.models.builders import build_fusion_encoder
 from promu_lib.models.pretraining import LOSS_NAMES, PromuPretrainer
@@ -81,10 +83,21 @@ def _micro_seed(seed: int, step: int, micro: int) -> int:
 def pretrain(
     cfg: Config, seed: int = 0, out_dir: Path | None = None, progress_bar: bool | None = None
 ) -> Path:
-    """Run (or resume, or return the cached) pre-training; returns the output directory."""
+    """Run (or resume, or return the cached) pre-training; returns the output directory.
+
+    One process per output directory (``promu_lib.locks``): a second one waits, then finds
+    the first's result. Under torchrun the ranks share their run and take no lock."""
     out = Path(out_dir) if out_dir is not None else pretrain_dir(cfg, seed)
-    if is_done(out):
-        return out
+    if not is_done(out):
+        alone = int(os.environ.get("WORLD_SIZE", "1")) <= 1
+        with dir_lock(out, "pre-training", enabled=alone):
+            if not is_done(out):
+                _pretrain(cfg, seed, out, progress_bar)
+    return out
+
+
+def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> Path:
+    """The run itself (under the lock of :func:`pretrain`)."""
     show = cfg.run.progress if progress_bar is None else progress_bar
     device = pick_device(cfg.run.device)
     d = distributed.init(device)
