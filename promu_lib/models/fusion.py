@@ -1,4 +1,9 @@
-"""PROMU's fusion encoder (PROMU paper Sec. 4.1, Eq. 2; ALBEF-style as the official code).
+"""PROMU's fusion encoder (PROMU paper Sec. 4.1, Eq. 2: a single stream over concat(t, v)).
+
+Where this differs from the official code: there, ALBEF-style, the fusion layers are BERT's
+later layers, initialised from BERT (text = layers 0..k-1, fusion = k..11). Here the fusion
+stack is ``fusion.num_layers`` extra layers, initialised at random, on top of the whole text
+encoder (open: issue 16, point 3).
 
 t = BERT(X) (text encoder), v = ViT(V) (CLS + K patches), e = Fusion(concat(t, v)): a stack
 of the same post-LN transformer blocks over the concatenated sequence, each token tagged by a

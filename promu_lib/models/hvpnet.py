@@ -2,7 +2,9 @@
 
 HVPNeT paper, Sec. 3. The global image and the top-m object crops go through a CNN pyramid
 (Sec. 3.2, Eq. 1-2: each block's map pooled to the same p x p size, then a 1x1 conv to the
-text hidden size, giving p*p prompt tokens per block). Per text layer l a dynamic gate
+text hidden size, giving p*p prompt tokens per block; the paper leaves the last block unpooled,
+h*w tokens per image, while the reference code and this one pool every block, p = 2 by default:
+``hvpnet.prompt_len``). Per text layer l a dynamic gate
 (Eq. 3-4: mean over blocks of the globally pooled features -> Linear -> LeakyReLU -> softmax
 over the c=4 blocks) mixes the blocks (Eq. 5); the mixed tokens of the global image and the
 objects are concatenated (Eq. 6) and projected to that layer's prefix keys and values
