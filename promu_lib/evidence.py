@@ -283,13 +283,17 @@ def _fmt(x: Any, signed: bool = True) -> str:
     return f"{x:+.2f}" if signed else str(x)
 
 
-def claims_csv(claims: Sequence[Claim]) -> str:
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Claim records (or rows read back from a claims csv) as csv text; None is empty."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, FIELDS, lineterminator="\n")
     w.writeheader()
-    for c in claims:
-        w.writerow({k: ("" if v is None else v) for k, v in c.record().items()})
+    w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
     return buf.getvalue()
+
+
+def claims_csv(claims: Sequence[Claim]) -> str:
+    return _csv([c.record() for c in claims])
 
 
 def claims_markdown(claims: Sequence[Claim], title: str = "") -> str:
@@ -350,10 +354,6 @@ def collect(figures_dir: str | Path, studies: Sequence[str]) -> list[Path]:
             for r in read_claims_csv(d / f"{s}_claims.csv")]  # fmt: skip
     if not rows:
         return []
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
     head = "| study | claim | dataset | gap | 95% interval | verdict | n seeds |"
     lines = [head, "|---|---|---|---:|---|---|---:|"]
     for r in rows:
@@ -372,6 +372,6 @@ def collect(figures_dir: str | Path, studies: Sequence[str]) -> list[Path]:
         "toy-world numbers when the data is the toy world).\n"
     )
     return [
-        atomic_write_text(d / "claims.csv", buf.getvalue()),
+        atomic_write_text(d / "claims.csv", _csv(rows)),
         atomic_write_text(d / "claims.md", md),
     ]

@@ -63,7 +63,10 @@ def stage_jobs(cfg: Config, selected: list[Study] | None = None) -> dict[str, li
 
 def jobs_of(cfg: Config, names: list[str]) -> list:
     """The jobs of the stages ``names``, each once, in stage order."""
-    per_stage = stage_jobs(cfg, [s for s in stages() if s.name in names])
+    return _each_once(stage_jobs(cfg, [s for s in stages() if s.name in names]))
+
+
+def _each_once(per_stage: dict[str, list]) -> list:
     return list(dict.fromkeys(job for jobs in per_stage.values() for job in jobs))
 
 
@@ -231,7 +234,7 @@ def run_training_jobs(cfg: Config, config_file: Path, stages: list[Study], repor
         "report": "",
         "status": "ok",
         "error": None,
-        "jobs": len(jobs_of(cfg, names)),
+        "jobs": len(_each_once(per_stage)),  # the same plan, not built again
     }
     cmd = [sys.executable, "-m", "promu_lib.cli", "jobs", "--profile", cfg.profile]
     cmd += ["--config", str(config_file), *(a for n in names for a in ("--stage", n))]

@@ -6,6 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from nbfiles import write_notebook
 
 from promu_lib import notebook
 from promu_lib.paths import project_root
@@ -59,30 +60,10 @@ def test_notebook_parameters_are_its_studys_defaults(study):
             assert name in defaults and p.default == defaults[name], (study, name)
 
 
-def _write(path, cells, **cell_changes):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    for kind, source in cells:
-        if kind == "markdown":
-            nb.cells.append(nbformat.v4.new_markdown_cell(source))
-        else:
-            nb.cells.append(nbformat.v4.new_code_cell(source))
-            if kind == "parameters":
-                nb.cells[-1].metadata["tags"] = ["parameters"]
-    for i, change in cell_changes.items():
-        nb.cells[int(i[1:])].update(change)
-    nbformat.write(nb, str(path))
-    return path
-
-
 def test_problems_are_found(tmp_path):
     good = [("markdown", "# t"), ("parameters", "profile = 'tiny'\nn = [1, 2]"), ("code", "x = 1")]
-    assert notebook.notebook_problems(_write(tmp_path / "good.ipynb", good)) == []
-    ran = _write(
+    assert notebook.notebook_problems(write_notebook(tmp_path / "good.ipynb", good)) == []
+    ran = write_notebook(
         tmp_path / "ran.ipynb",
         good,
         c2={"execution_count": 3, "outputs": [nbformat.v4.new_output("stream", text="1")]},
@@ -93,7 +74,7 @@ def test_problems_are_found(tmp_path):
     ]
     assert notebook.strip_outputs(ran) is True and notebook.strip_outputs(ran) is False
     assert notebook.notebook_problems(ran) == []
-    two = _write(tmp_path / "two.ipynb", good + [("parameters", "seed = 0")])
+    two = write_notebook(tmp_path / "two.ipynb", good + [("parameters", "seed = 0")])
     assert "2 cells tagged 'parameters'; expected exactly 1" in notebook.notebook_problems(two)
     nb = nbformat.read(str(ran), as_version=4)
     nb.metadata["kernelspec"]["name"] = "promu-venv"

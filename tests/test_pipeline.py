@@ -283,23 +283,13 @@ def test_a_new_study_is_one_module_and_one_notebook(monkeypatch, tmp_path):
     jobs in the training pass (a child process), runs its notebook and writes its table."""
     import warnings
 
-    import nbformat
+    from nbfiles import write_notebook
     from worlds import toy_cfg
 
     from promu_lib.data.toyworld import build_toy_world
 
     (tmp_path / "toy_table4.py").write_text(TOY_STUDY)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    for kind, source in TOY_NOTEBOOK_CELLS:
-        nb.cells.append(nbformat.v4.new_code_cell(source))
-        if kind == "parameters":
-            nb.cells[-1].metadata["tags"] = ["parameters"]
-    nbformat.write(nb, str(tmp_path / "toy_table4.ipynb"))
+    write_notebook(tmp_path / "toy_table4.ipynb", TOY_NOTEBOOK_CELLS)
     monkeypatch.setenv("PROMU_STUDIES", "toy_table4")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     monkeypatch.syspath_prepend(str(tmp_path))

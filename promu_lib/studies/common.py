@@ -198,10 +198,11 @@ def compare_rows(
     return Comparison(better, worse, diffs, paper)
 
 
-def row_name(rows: Sequence[Row], model: str, pretrain: str | None) -> str:
+def row_of(rows: Sequence[Row], model: str, pretrain: str | None) -> Row:
+    """The row that fine-tunes ``model`` from the pre-training variant ``pretrain``."""
     for r in rows:
         if r.model == model and r.pretrain == pretrain:
-            return r.name
+            return r
     raise KeyError(f"no row with model {model!r} and pre-training {pretrain!r}")
 
 
@@ -227,19 +228,33 @@ def scratch_vs_promu_jobs(datasets: Sequence[str], seeds: Sequence[int]) -> list
 # ---------------------------------------------------------------------------------------------
 
 
-def seed_counts(cfg: Config, jobs: Sequence[Finetune]) -> list[Any] | None:
-    """The per-post counts of each job's test predictions (None when one has not run)."""
+def job_counts(cfg: Config, job: Finetune) -> Any | None:
+    """The per-post counts of ``job``'s test predictions (None when it has not run)."""
     from promu_lib.evidence import read_counts
 
+    init = job.init_file(cfg)
+    if init is not None and not init.is_file():  # what it starts from never ran
+        return None
+    run_dir = job.out_dir(cfg)  # hashes the init file: once per job with a cache
+    if not (run_dir / "predictions.jsonl").is_file():
+        return None
+    return read_counts(run_dir)
+
+
+def seed_counts(
+    cfg: Config, jobs: Sequence[Finetune], cache: dict | None = None
+) -> list[Any] | None:
+    """The counts of each job (None when one has not run). ``cache``: a dict shared by the
+    claims of one table, so that a row in several claims is read (and its run directory
+    hashed) once."""
+    cache = {} if cache is None else cache
     out = []
     for job in jobs:
-        init = job.init_file(cfg)
-        if init is not None and not init.is_file():  # what it starts from never ran
+        if job not in cache:
+            cache[job] = job_counts(cfg, job)
+        if cache[job] is None:
             return None
-        run_dir = job.out_dir(cfg)
-        if not (run_dir / "predictions.jsonl").is_file():
-            return None
-        out.append(read_counts(run_dir))
+        out.append(cache[job])
     return out
 
 
@@ -251,17 +266,19 @@ def jobs_claim(
     better: tuple[str, Callable[[int], Finetune]],
     worse: tuple[str, Callable[[int], Finetune]],
     paper_gap: float | None = None,
+    cache: dict | None = None,
     **gap_options: Any,
 ) -> Any:
     """A :class:`promu_lib.evidence.Claim`: ``better = (name, seed -> job)`` against ``worse``
-    over the run's seeds. ``gap_options`` go to ``evidence.paired_gap`` (``statistic``,
-    ``classes``) plus ``statistic_name`` for the table."""
+    over the run's seeds (``cache``: see :func:`seed_counts`). ``gap_options`` go to
+    ``evidence.paired_gap`` (``statistic``, ``classes``) plus ``statistic_name`` for the
+    table."""
     from promu_lib.evidence import Claim, paired_gap
 
     name = gap_options.pop("statistic_name", "test F1 gap (points)")
     seeds = seeds_of(cfg)
-    b = seed_counts(cfg, [better[1](s) for s in seeds])
-    w = seed_counts(cfg, [worse[1](s) for s in seeds])
+    b = seed_counts(cfg, [better[1](s) for s in seeds], cache)
+    w = seed_counts(cfg, [worse[1](s) for s in seeds], cache)
     kw = {"study": study, "claim": claim, "dataset": dataset, "better": better[0],
           "worse": worse[0], "paper_gap": paper_gap, "statistic": name}  # fmt: skip
     if b is None or w is None:
@@ -271,10 +288,11 @@ def jobs_claim(
 
 def row_claim(
     cfg: Config, study: str, claim: str, dataset: str, better: Row, worse: Row,
-    table: Table | None = None,
+    table: Table | None = None, cache: dict | None = None,
 ) -> Any:  # fmt: skip
     """The F1 gap of ``better`` over ``worse`` on ``dataset``, with the paper's gap from
-    ``table`` (its ``"<dataset> F1"`` or ``"<dataset>"`` column) where it has both rows."""
+    ``table`` (its ``"<dataset> F1"`` or ``"<dataset>"`` column) where it has both rows
+    (``cache``: see :func:`seed_counts`)."""
     paper = None
     if table is not None:
         rows = {r.name: r for r in table.rows}
@@ -284,7 +302,7 @@ def row_claim(
             paper = None if a is None or b is None else a - b
     return jobs_claim(
         cfg, study, claim, dataset, (better.name, lambda s: better.job(dataset, s)),
-        (worse.name, lambda s: worse.job(dataset, s)), paper,
+        (worse.name, lambda s: worse.job(dataset, s)), paper, cache,
     )  # fmt: skip
 
 
@@ -345,12 +363,12 @@ class Outputs:
 
     def add_claims(self, cfg: Config, claims: Sequence[Any], name: str) -> list[Any]:
         """Save the claims as ``<name>.csv`` / ``.md`` (gap, interval, verdict per claim and
-        dataset) and show them as the lines."""
+        dataset) and add their sentences to the lines."""
         from promu_lib.evidence import save_claims
 
         save_claims(claims, self.out_dir, name, claims_title(cfg))
         self.claims = list(claims)
-        self.lines = [c.sentence() for c in claims]
+        self.lines += [c.sentence() for c in claims]
         self.order.append(("claims", name))
         return self.claims
 

@@ -125,8 +125,9 @@ def run(
 ) -> Outputs:
     from promu_lib import plots
 
+    datasets = in_scope(cfg, datasets, "table3_datasets")
     out = Outputs.start(cfg, out_dir)
-    t = out.table(template_table(cfg, results, in_scope(cfg, datasets, "table3_datasets")))
+    t = out.table(template_table(cfg, results, datasets))
     out.figure(plots.table_bars(t, title="Table 3: test F1 per prompt pair"), "table3_f1")
-    out.add_claims(cfg, claims(cfg, t, in_scope(cfg, datasets, "table3_datasets")), CLAIMS_TABLE)
+    out.add_claims(cfg, claims(cfg, t, datasets), CLAIMS_TABLE)
     return out
