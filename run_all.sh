@@ -4,6 +4,7 @@
 #   ./run_all.sh --profile toy-large  another profile (tiny | toy-large | paper)
 #   ./run_all.sh --only STAGE         one stage (see `promu stages`)
 #   ./run_all.sh --force              rerun stages even when their cached outputs exist
+#   ./run_all.sh --quick              one fine-tuning seed instead of three (a look, not evidence)
 #   ./run_all.sh --test [ARGS]        install the same way, then lint and run the test suite
 #   ./run_all.sh --lab [ARGS]         install the same way, then start JupyterLab on notebooks/
 set -euo pipefail

@@ -19,7 +19,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import yaml
 from promu_lib.errors import PromuError, shorten
 
 PROFILES = ("tiny", "toy-large", "paper")
+QUICK_SEEDS = (0,)  # `--quick`: one fine-tuning seed, to look rather than to compare
 ALL_DATASETS = ("twitter2015", "twitter2017", "mnre")
 
 
@@ -142,6 +143,9 @@ class FusionConfig:
     """PROMU's fusion transformer over concat(text, image) (paper Eq. 2)."""
 
     num_layers: int = 2
+    # "random": new layers on top of the whole text encoder; "text-layers": the text encoder's
+    # last num_layers layers become the fusion layers, pretrained (ALBEF, PROMU's official code)
+    init: str = "random"
     projection_dim: int = 32  # proj_v / proj_t output size (256 in the official code)
     temperature_init: float = 0.07
     temperature_min: float = 0.001
@@ -155,11 +159,16 @@ class HVPNetConfig:
     backbone: str = "tiny-cnn"  # tiny-cnn | resnet50 | efficientnet-lite0 | mobilenet_v2
     backbone_weights: str | None = None  # path for real weights (None = random / packaged)
     freeze_backbone: bool = True
-    prompt_len: int = 4  # prefix tokens per image
+    # prefix tokens per image per block (p x p pooled maps; the reference pools all to 2x2).
+    # The paper leaves the last block unpooled (Eq. 1): prompt_len = its h*w, 49 for ResNet-50
+    # at 224 px (4 for tiny-cnn at 32 px), is Eq. 1-2 exactly. See promu_lib.models.hvpnet.
+    prompt_len: int = 4
     n_objects: int = 3  # top-m object crops
     variant: str = "full"  # full | single | flat | 1v3 | onlyobj
     image_size: int = 32
-    mid_dim: int = 128  # 800 in the reference code
+    # the shared Linear-Tanh before each layer's key/value map (800 in the reference code);
+    # 0 = none: Eq. 8's single linear map per layer (layout "paper" only)
+    mid_dim: int = 128
     # paper | reference. "reference" computes the reference code's function exactly (zjunlp/HVPNeT
     # models/bert_model.py: gate over 4 chunks of one projection, prefix as a (B, nh, P, hd) view,
     # padded objects attended as zero images), to load and reproduce checkpoints trained with it
@@ -175,10 +184,15 @@ class MiningConfig:
     top_m_nouns: int = 20
     entity_template: int = 0  # index into promu_lib.mining.ENTITY_TEMPLATES
     relation_template: int = 0  # index into promu_lib.mining.RELATION_TEMPLATES
+    # CIR's relation labels: "wikidata" (paper Sec. 4.3; promu_lib/resources/wikidata_relations.tsv)
+    # or "mnre" (MNRE's 22 relations: the downstream label set; the toy world draws them)
+    relation_set: str = "mnre"
     extra_relation_labels: str | None = None  # file with Wikidata-style labels, one per line
     detector: str = "boxes"  # boxes (precomputed file) | yolo
     yolo_weights: str | None = None
-    teacher: str = "toy"  # toy (dual encoder trained here) | clip
+    # toy: a small CNN + bag-of-words dual encoder trained here; dual: PROMU's own Sec. 4.1
+    # encoders trained with CIT (promu_lib.teacher.DualTeacher); clip: a CLIP checkpoint
+    teacher: str = "toy"
     clip_weights: str | None = None
     teacher_steps: int = 300
     tau: float = 0.1  # softmax temperature of Eq. 6 / Eq. 9
@@ -212,6 +226,10 @@ class PretrainConfig:
     lambda_coe: float = 1.0
     lambda_cir: float = 1.0
     soft_labels: bool = True  # False = hard (argmax one-hot) pseudo-labels, the ablation
+    # False = Eq. 3 over the given matched/mismatched pairs only (the paper, the official code);
+    # True adds ALBEF-style in-batch hard negatives, none forming a pair of the batch (so never
+    # the anchor's image or caption: promu_lib.losses.excluded_negatives)
+    itm_hard_negatives: bool = False
     checkpoint_every: int = 100
     log_every: int = 10
     num_workers: int = 0
@@ -226,9 +244,11 @@ class FinetuneConfig:
     batch_size: int = 16
     eval_batch_size: int = 64  # dev/test decoding (no gradients: larger batches are cheaper)
     lr: float = 1e-3
-    # the task head: the MNER CRF + emission layer and the MRE classifier alike. HVPNeT's code
-    # gives 5e-2 to its NER CRF/fc only; its RE classifier is in no optimizer group (a bug)
+    # the MNER head (CRF + emission layer); HVPNeT's code gives its NER CRF/fc 5e-2
     head_lr: float = 5e-3
+    # the MRE classifier; None = the encoder's ``lr``. (HVPNeT's code puts its RE classifier in
+    # no optimizer group at all, so it keeps its random init: a bug, documented, not copied.)
+    re_head_lr: float | None = None
     weight_decay: float = 1e-3
     warmup_ratio: float = 0.06
     patience: int = 3  # early stop after this many epochs without dev F1 gain
@@ -240,6 +260,12 @@ class FinetuneConfig:
     # HVPNeT with a frozen CNN: its pooled maps computed once per split, not every epoch
     # (promu_lib.train.frozen_features; ResNet-50: ~1.6 GB for Twitter-2015, 3.8 GB for MNRE)
     cache_frozen_features: bool = True
+    # Per-model recipes (see recipe_for): model family -> {field of this section: value}, and
+    # "<family>/<task>" (task ner | re) on top of it; a model's family is its name up to the
+    # first "-" (hvpnet-single -> hvpnet). A recipe's values win over the section's: in `paper`
+    # set e.g. finetune.recipes.hvpnet/re.lr, not finetune.lr, to change HVPNeT's MRE lr.
+    # Empty (tiny, toy-large): every model runs the section's one shared recipe.
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -341,6 +367,10 @@ def tiny() -> Config:
     # 2.5x slower path with it. Together ~2x per fine-tuning step, ~3x per pre-training step.
     cfg.text.attention_dropout = 0.0
     cfg.vision.attention_dropout = 0.0
+    # Three fine-tuning seeds, as both papers report (PROMU: "each test conducted thrice"): one
+    # seed's spread (0.4-7 F1 here) is as large as most of the gaps the tables compare.
+    # `./run_all.sh --quick` runs seed 0 only.
+    cfg.run.seeds = QUICK_SEEDS + (1, 2)
     return cfg
 
 
@@ -407,7 +437,8 @@ def paper() -> Config:
         num_heads=12,
         intermediate_size=3072,
     )
-    cfg.fusion = FusionConfig(num_layers=6, projection_dim=256)
+    # BERT-base split as in ALBEF and PROMU's official code: text = layers 0-5, fusion = 6-11
+    cfg.fusion = FusionConfig(num_layers=6, init="text-layers", projection_dim=256)
     cfg.hvpnet = HVPNetConfig(
         backbone="resnet50", backbone_weights="resnet50.pth", image_size=224, mid_dim=800
     )
@@ -416,8 +447,15 @@ def paper() -> Config:
         top_m_nouns=1000,
         detector="yolo",
         yolo_weights="yolov8n.pt",
-        teacher="clip",
+        # Sec. 4.2: the teacher is "the encoders defined in section 4.1" (BERT + ViT trained
+        # with CIT on the captions, then frozen); its schedule the paper does not give: ours
+        # (batch and lr of the pre-training). mining.teacher=clip for CLIP instead.
+        teacher="dual",
+        teacher_steps=10000,
+        teacher_batch_size=128,
+        teacher_lr=1e-4,
         clip_weights="openai/clip-vit-base-patch32",
+        relation_set="wikidata",  # Sec. 4.3 (80 Wikidata relations, promu_lib/resources)
         tau=0.01,
         min_confidence=0.2,
     )
@@ -431,6 +469,8 @@ def paper() -> Config:
         num_workers=4,
         bf16=True,
     )
+    # PROMU's recipe (its Sec. 5.1: AdamW, lr 1e-4, weight decay 1e-3, batch 16; epochs,
+    # warm-up, early stopping and the CRF's lr the paper does not give: ours)
     cfg.finetune = FinetuneConfig(
         epochs=30,
         batch_size=16,
@@ -441,6 +481,22 @@ def paper() -> Config:
         num_workers=4,
         bf16=True,
     )
+    # HVPNeT's official scripts (zjunlp/HVPNeT run_twitter15/17.sh, run_re_task.sh and
+    # modules/train.py), not its App. B (MRE batch 32, lr 1e-5, 12 epochs): the scripts are what
+    # its released numbers were produced with. Every epoch is trained (no early stop, the best dev
+    # epoch is kept), no gradient clipping. The text-only baseline gets the same recipe, so that
+    # "multimodal beats text-only" compares HVPNeT with its own BERT under one schedule.
+    hvpnet = {
+        "": {"lr": 3e-5, "weight_decay": 0.01, "grad_clip": 0.0},
+        "/ner": {"batch_size": 8, "warmup_ratio": 0.01, "epochs": 30, "patience": 30,
+                 "head_lr": 5e-2},
+        "/re": {"batch_size": 16, "warmup_ratio": 0.06, "epochs": 15, "patience": 15},
+    }  # fmt: skip
+    cfg.finetune.recipes = {
+        family + task: dict(values)
+        for family in ("bert", "hvpnet")
+        for task, values in hvpnet.items()
+    }
     cfg.run.seeds = (0, 1, 2)
     cfg.scope = ScopeConfig(
         table3_datasets=ALL_DATASETS,
@@ -452,6 +508,82 @@ def paper() -> Config:
 
 
 _PROFILE_FACTORIES = {"tiny": tiny, "toy-large": toy_large, "paper": paper}
+
+
+# -- per-model fine-tuning recipes (finetune.recipes) -------------------------------------------
+
+RECIPE_TASKS = ("ner", "re")
+
+
+def model_family(model: str) -> str:
+    """The key of ``model``'s recipe: its name up to the first ``-`` (hvpnet-1v3 -> hvpnet)."""
+    return model.split("-", 1)[0]
+
+
+def _without_recipes(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, recipes={}))
+
+
+def recipe_for(cfg: Config, model: str, task: str) -> Config:
+    """``cfg`` with the fine-tuning section that ``model`` runs on ``task``: the section, then
+    ``recipes[family]``, then ``recipes[family/task]``, with ``recipes`` emptied. What a run
+    trains with and records, and its cache key (``train.finetune.finetune_dir``): a job's key
+    holds the recipe it ran, not the other models' ones. Idempotent."""
+    family = model_family(model)
+    values: dict[str, Any] = {}
+    for key in (family, f"{family}/{task}"):
+        values.update(cfg.finetune.recipes.get(key, {}))
+    return apply_overrides(_without_recipes(cfg), {f"finetune.{k}": v for k, v in values.items()})
+
+
+def head_lr_of(f: FinetuneConfig, task: str) -> float:
+    """The task head's learning rate: ``head_lr`` for the MNER CRF and emission layer,
+    ``re_head_lr`` (None: the encoder's ``lr``) for the MRE classifier."""
+    if task == "ner":
+        return f.head_lr
+    return f.lr if f.re_head_lr is None else f.re_head_lr
+
+
+def recipe_of(cfg: Config, model: str) -> str:
+    """A short description of the fine-tuning recipe ``model`` runs, for table captions: one
+    value where both tasks agree, ``a (NER) / b (RE)`` where they differ."""
+    by_task = {t: recipe_for(cfg, model, t).finetune for t in RECIPE_TASKS}
+    items: dict[str, Callable[[FinetuneConfig, str], str]] = {
+        "lr": lambda f, t: f"{f.lr:g}",
+        "head lr": lambda f, t: f"{head_lr_of(f, t):g}",
+        "batch": lambda f, t: str(f.batch_size),
+        "wd": lambda f, t: f"{f.weight_decay:g}",
+        "warm-up": lambda f, t: f"{f.warmup_ratio:g}",
+        "epochs": lambda f, t: str(f.epochs),
+        "early stop": lambda f, t: "none" if f.patience >= f.epochs else f"after {f.patience}",
+        "grad clip": lambda f, t: f"{f.grad_clip:g}" if f.grad_clip > 0 else "none",
+    }
+    parts = []
+    for name, value in items.items():
+        values = {t: value(f, t) for t, f in by_task.items()}
+        if len(set(values.values())) == 1:
+            parts.append(f"{name} {values['ner']}")
+        else:
+            parts.append(f"{name} " + " / ".join(f"{v} ({t.upper()})" for t, v in values.items()))
+    return ", ".join(parts)
+
+
+def _check_recipes(cfg: Config) -> None:
+    """Each recipe as it would apply: known keys, types and ranges (ConfigError naming it)."""
+    base = _without_recipes(cfg)
+    for key, values in cfg.finetune.recipes.items():
+        where = f"finetune.recipes.{key if len(key) <= 40 else shorten(key, 40)}"
+        family, _, task = key.partition("/")
+        if not family or (task and task not in RECIPE_TASKS):
+            raise ConfigError(
+                f"{where}: expected a model family or <family>/<task> (task ner or re)"
+            )
+        if not isinstance(values, dict) or "recipes" in values:
+            raise ConfigError(f"{where}: expected a mapping of finetune settings")
+        try:
+            apply_overrides(base, {f"finetune.{k}": v for k, v in values.items()})
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
 
 
 def profile_config(name: str) -> Config:
@@ -490,6 +622,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {shorten(value)}")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping, got {shorten(value)}")
+        return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -581,7 +719,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "hvpnet.variant": ("full", "single", "flat", "1v3", "onlyobj"),
     "hvpnet.layout": ("paper", "reference"),
     "mining.detector": ("boxes", "yolo"),
-    "mining.teacher": ("toy", "clip"),
+    "mining.teacher": ("toy", "dual", "clip"),
+    "mining.relation_set": ("mnre", "wikidata"),
+    "fusion.init": ("random", "text-layers"),
     "scope.datasets": ALL_DATASETS,
     "scope.table3_datasets": ALL_DATASETS,
     "scope.hvpnet_datasets": ALL_DATASETS,
@@ -641,7 +781,7 @@ RANGES: dict[str, Range] = {
     "hvpnet.prompt_len": AT_LEAST_1,
     "hvpnet.n_objects": AT_LEAST_0,
     "hvpnet.image_size": AT_LEAST_1,
-    "hvpnet.mid_dim": AT_LEAST_1,
+    "hvpnet.mid_dim": AT_LEAST_0,  # 0 = Eq. 8's single linear map (no Linear-Tanh)
     "mining.top_m_nouns": AT_LEAST_1,
     "mining.*_template": AT_LEAST_0,
     "mining.teacher_steps": AT_LEAST_0,
@@ -720,6 +860,7 @@ def validate(cfg: Config) -> Config:
         if bad:
             kind = "an integer" if isinstance(bad[0], int) else "a number"
             raise ConfigError(f"{key}: expected {kind} {rule}, got {shorten(bad[0])}")
+    _check_recipes(cfg)
     return cfg
 
 

@@ -34,7 +34,9 @@ class PrecomputedBoxes:
     """Boxes from a file written by :func:`promu_lib.data.formats.write_boxes`.
 
     An image key absent from the file gets no boxes; such keys are counted in ``missing_keys``
-    so the caller can report them (a real detector also finds nothing in some images).
+    so the caller can report them (a real detector also finds nothing in some images). Boxes
+    come best first (by score, file order on ties), whatever the file's order: mining keeps
+    the first ``data.max_objects``.
     """
 
     def __init__(self, path: str | Path, on_bad: str = "error") -> None:
@@ -58,7 +60,7 @@ class PrecomputedBoxes:
         for key in keys:
             if key not in self.boxes:
                 self.missing_keys.add(key)
-            out.append(list(self.boxes.get(key, [])))
+            out.append(sorted(self.boxes.get(key, []), key=lambda b: -b.score))
         return out
 
 

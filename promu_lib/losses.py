@@ -34,38 +34,68 @@ def itm_loss(logits: Tensor, matched: Tensor) -> Tensor:
 
 
 class HardNegatives(NamedTuple):
-    """For each matched pair ``anchor[k]``: a hard negative text and a hard negative image.
+    """For each local matched pair ``anchor[k]``: a hard negative text and a hard negative image.
 
-    Extra mismatched pairs are ``(image[anchor], text[text])`` and ``(image[image], text[anchor])``.
+    Extra mismatched pairs are ``(image[anchor], text[text])`` and ``(image[image], text[anchor])``;
+    ``text``/``image`` index the candidate batch (under DDP the batch gathered from all ranks).
     """
 
-    anchor: Tensor  # (N_m,) rows of the matched pairs
-    text: Tensor  # (N_m,) index of the negative caption for image[anchor]
-    image: Tensor  # (N_m,) index of the negative image for text[anchor]
+    anchor: Tensor  # (N_m,) local rows of the matched pairs
+    text: Tensor  # (N_m,) candidate row of the negative caption for image[anchor]
+    image: Tensor  # (N_m,) candidate row of the negative image for text[anchor]
+
+
+def excluded_negatives(
+    image_id: Tensor, caption_id: Tensor, cand_image_id: Tensor, cand_caption_id: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Which candidates may not be drawn as hard negatives, by image and caption identity.
+
+    image_id, caption_id (B,) the local pairs; cand_* (N,) the candidate pairs (the same
+    batch, or the batch gathered from all ranks, local pairs included). Returns
+    ``(excluded_text, excluded_image)``, (B, N) bool each: caption j for image i (resp. image
+    j for caption i) is excluded when the pair it forms is a pair of the candidate batch. That
+    rules out the anchor itself, every candidate sharing its image (a falsified pair reuses
+    another pair's image: the same pixels) or its caption text, and any other true match the
+    batch knows of, so a true match is never labelled 0.
+    """
+    same_image = (image_id[:, None] == cand_image_id[None, :]).float()  # (B, N)
+    same_caption = (caption_id[:, None] == cand_caption_id[None, :]).float()  # (B, N)
+    cand_image = (cand_image_id[:, None] == cand_image_id[None, :]).float()  # (N, N)
+    cand_caption = (cand_caption_id[:, None] == cand_caption_id[None, :]).float()  # (N, N)
+    # (image i, caption j) is pair k of the batch for some k; likewise (image j, caption i)
+    excluded_text = (same_image @ cand_caption) > 0
+    excluded_image = (same_caption @ cand_image) > 0
+    return excluded_text, excluded_image
 
 
 def hard_negative_indices(
-    sim: Tensor, matched: Tensor, generator: torch.Generator | None = None
+    sim_i2t: Tensor,
+    sim_t2i: Tensor,
+    matched: Tensor,
+    excluded: tuple[Tensor, Tensor],
+    generator: torch.Generator | None = None,
 ) -> HardNegatives:
-    """Sample hard negatives in the batch, ALBEF/BLIP style.
+    """Sample in-batch hard negatives for Eq. 3, ALBEF/BLIP style (an option, not the paper).
 
-    sim (B, B): image-to-text similarity (row i = image i, column j = caption j), already
-    divided by the temperature. For each matched pair i, a caption j != i is drawn with
-    probability softmax_j(sim[i, j]) and an image j != i with probability softmax_j(sim[j, i]).
-    With B < 2 there is nothing to draw and the result is empty.
+    sim_i2t (B, N): local image i against candidate caption j; sim_t2i (B, N): local caption i
+    against candidate image j; both already divided by the temperature (N = B in one process,
+    world x B under DDP). matched (B,) bool; excluded: (B, N) bool masks of the candidates
+    that may not be drawn as the caption, resp. the image, of anchor i (at least the anchor
+    itself; see :func:`excluded_negatives`). For each matched i, a caption j is drawn with
+    probability softmax_j(sim_i2t[i, j]) over the allowed j and an image likewise from
+    sim_t2i. Anchors lacking an allowed caption or image are dropped; the result may be empty.
     """
-    anchor = matched.nonzero().flatten()
-    b = sim.shape[0]
-    if b < 2 or anchor.numel() == 0:
-        empty = anchor.new_zeros(0)
-        return HardNegatives(empty, empty, empty)
-    self_mask = torch.eye(b, dtype=torch.bool, device=sim.device)
-    sim = sim.detach().float().masked_fill(self_mask, float("-inf"))
-    w_text = sim[anchor].softmax(dim=1)  # (N_m, B)
-    w_image = sim.t()[anchor].softmax(dim=1)  # (N_m, B)
-    text = torch.multinomial(w_text, 1, generator=generator).flatten()
-    image = torch.multinomial(w_image, 1, generator=generator).flatten()
-    return HardNegatives(anchor, text, image)
+    no_text, no_image = excluded
+    keep = matched.bool() & (~no_text).any(dim=1) & (~no_image).any(dim=1)
+    anchor = keep.nonzero().flatten()
+    if anchor.numel() == 0:
+        return HardNegatives(anchor, anchor, anchor)
+
+    def draw(sim: Tensor, no: Tensor) -> Tensor:
+        w = sim.detach().float()[anchor].masked_fill(no[anchor], float("-inf")).softmax(dim=1)
+        return torch.multinomial(w, 1, generator=generator).flatten()
+
+    return HardNegatives(anchor, draw(sim_i2t, no_text), draw(sim_t2i, no_image))
 
 
 # -- Eq. 4-5: contrastive image-text loss over matched pairs ----------------------------------

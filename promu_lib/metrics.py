@@ -37,26 +37,26 @@ def ner_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> 
     if not gold:  # nothing to score: 0, like re_scores (seqeval itself raises on empty input)
         return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "per_type": {}}
     # imported here: seqeval pulls in scikit-learn (~1.7 s), which most processes never need
-    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from seqeval.metrics.sequence_labeling import get_entities, precision_recall_fscore_support
 
     y_true = [list(s) for s in gold]
     y_pred = [list(s) for s in pred]
-    kw = {"mode": None, "zero_division": 0}
-    report = classification_report(y_true, y_pred, output_dict=True, **kw)
+    # the per-type and micro rows of seqeval's classification_report, in two passes where the
+    # report and precision/recall/f1_score take seven (the report's micro row is the same sum)
+    kw = {"zero_division": 0}
+    names = sorted(
+        {t for t, _, _ in get_entities(y_true)} | {t for t, _, _ in get_entities(y_pred)}
+    )
+    p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, **kw)
+    micro = precision_recall_fscore_support(y_true, y_pred, average="micro", **kw)
     per_type = {
-        name: {
-            "p": 100 * float(row["precision"]),
-            "r": 100 * float(row["recall"]),
-            "f1": 100 * float(row["f1-score"]),
-            "support": int(row["support"]),
-        }
-        for name, row in report.items()
-        if not name.endswith(" avg")
+        name: {"p": 100 * float(a), "r": 100 * float(b), "f1": 100 * float(c), "support": int(n)}
+        for name, a, b, c, n in zip(names, p, r, f1, support)
     }
     return {
-        "precision": 100 * float(precision_score(y_true, y_pred, **kw)),
-        "recall": 100 * float(recall_score(y_true, y_pred, **kw)),
-        "f1": 100 * float(f1_score(y_true, y_pred, **kw)),
+        "precision": 100 * float(micro[0]),
+        "recall": 100 * float(micro[1]),
+        "f1": 100 * float(micro[2]),
         "per_type": per_type,
     }
 

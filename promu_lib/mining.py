@@ -6,9 +6,11 @@ config sections):
 1. spaCy over the caption corpus (each distinct caption once) -> the M most frequent nouns
    (lower-cased lemmas) = ENTITY; entity prompts from one of the paper's two templates
    (Table 3, (1)/(2)).
-2. Relation labels: the 22 MNRE relations as readable phrases (:data:`RELATION_PHRASES`; the
-   paper uses Wikidata relation tags, extra ones come from ``mining.extra_relation_labels``);
-   relation prompts from one of the paper's three templates (Table 3, A/B/C).
+2. Relation labels (``mining.relation_set``): Wikidata relations as the paper has them (the
+   ``paper`` profile), or the 22 MNRE relations as readable phrases (:data:`RELATION_PHRASES`;
+   the toy world, whose caption images draw them); extra ones come from
+   ``mining.extra_relation_labels``. Relation prompts from one of the paper's three templates
+   (Table 3, A/B/C).
 3. A detector gives up to ``data.max_objects`` boxes per caption image (the objects O_i).
 4. A teacher: CLIP (``mining.clip_weights``) or the toy dual encoder, trained on the matched
    pairs and their crops (cached on its own: :func:`teacher_stage_dir`).
@@ -129,12 +131,38 @@ def relation_prompts(phrases: Sequence[str], template: int = 0) -> list[str]:
     return [t.replace("[RELATION]", p) for p in phrases]
 
 
-def relation_labels(extra_file: str | Path | None = None) -> tuple[list[str], list[str]]:
-    """(labels, phrases): the 22 MNRE relations and their phrases, then the extra labels of
+RELATION_SETS = ("mnre", "wikidata")  # mining.relation_set
+TEACHERS = ("toy", "dual", "clip")  # mining.teacher
+WIKIDATA_RELATIONS = "wikidata_relations.tsv"  # in promu_lib/resources: source and licence inside
+
+
+def wikidata_relations() -> dict[str, str]:
+    """{Wikidata property id: English label} of the shipped relation list (the 80 Wikidata
+    relations of FewRel 1.0; see the header of ``promu_lib/resources/wikidata_relations.tsv``)."""
+    text = (Path(__file__).parent / "resources" / WIKIDATA_RELATIONS).read_text(encoding="utf-8")
+    rows = (line.split("\t") for line in text.splitlines() if line and not line.startswith("#"))
+    return {pid: label for pid, label in rows}
+
+
+def relation_labels(
+    extra_file: str | Path | None = None, relation_set: str = "mnre"
+) -> tuple[list[str], list[str]]:
+    """(labels, phrases) of CIR's relation prompts: ``relation_set``, then the extra labels of
     ``extra_file`` (one per line; blank lines and ``#`` comments skipped; a label whose phrase
-    is already present is dropped)."""
-    labels = list(RELATION_PHRASES)
-    phrases = list(RELATION_PHRASES.values())
+    is already present is dropped).
+
+    ``relation_set``: ``wikidata`` (the paper's choice, Sec. 4.3: Wikidata relation labels,
+    labels = property ids, phrases = their English labels) or ``mnre`` (MNRE's 22 relations as
+    readable phrases: the downstream label set itself, so CIR then trains an image classifier
+    over exactly the relations MRE is scored on; the toy world's caption images draw those
+    relations, which is why the tiny profile uses it)."""
+    if relation_set == "wikidata":
+        wiki = wikidata_relations()
+        labels, phrases = list(wiki), list(wiki.values())
+    elif relation_set == "mnre":
+        labels, phrases = list(RELATION_PHRASES), list(RELATION_PHRASES.values())
+    else:
+        raise ValueError(f"mining.relation_set={relation_set!r}; expected one of {RELATION_SETS}")
     if extra_file:
         path = resolve(extra_file)
         if not path.is_file():
@@ -292,7 +320,7 @@ def find_prompts(cfg: Config, corpus: Corpus) -> Prompts:
     noun_counts = top_nouns(dict.fromkeys(p.caption for p in corpus.pairs), nlp, mc.top_m_nouns)
     if not noun_counts:
         raise DataError(corpus.path, "spaCy found no nouns in the captions", "captions with nouns")
-    r_labels, r_phrases = relation_labels(mc.extra_relation_labels)
+    r_labels, r_phrases = relation_labels(mc.extra_relation_labels, mc.relation_set)
     return Prompts(
         noun_counts=noun_counts,
         entity=entity_prompts([n for n, _ in noun_counts], mc.entity_template),
@@ -352,14 +380,22 @@ def detect_objects(cfg: Config, corpus: Corpus) -> Detections:
 # -- the teacher -------------------------------------------------------------------------------
 
 
+def _teacher_sections(cfg: Config) -> tuple[str, ...]:
+    """The config sections a teacher is built from besides ``data`` and ``mining``: PROMU's
+    encoders for the Sec. 4.1 teacher, none for CLIP and the toy teacher."""
+    return ("text", "vision", "fusion") if cfg.mining.teacher == "dual" else ()
+
+
 def mining_dir(cfg: Config) -> Path:
-    """The mining stage's directory for ``cfg`` (hash of the data and mining sections)."""
-    return resolve(stage_dir(cfg, "mining", "data", "mining"))
+    """The mining stage's directory for ``cfg`` (hash of the data and mining sections, and of
+    the encoders' sections when they are the teacher)."""
+    return resolve(stage_dir(cfg, "mining", "data", "mining", *_teacher_sections(cfg)))
 
 
 def teacher_stage_dir(cfg: Config) -> Path:
-    """The toy teacher's own cache: it depends on the data, the detector (its crops) and its
-    training settings, not on templates, tau or M — so Table 3's template sweep reuses it."""
+    """A trained teacher's own cache (toy or Sec. 4.1 dual encoder): it depends on the data,
+    the detector (the toy teacher's crops) and its training settings, not on templates, tau or
+    M — so Table 3's template sweep reuses it."""
     keys = (
         "detector",
         "yolo_weights",
@@ -373,35 +409,39 @@ def teacher_stage_dir(cfg: Config) -> Path:
     )
     extra = {k: getattr(cfg.mining, k) for k in keys}
     extra["version"] = TOY_TEACHER_VERSION
-    return resolve(stage_dir(cfg, "teacher", "data", extra=extra))
+    if cfg.mining.teacher == "dual":
+        extra["teacher"] = "dual"
+    return resolve(stage_dir(cfg, "teacher", "data", *_teacher_sections(cfg), extra=extra))
 
 
 def toy_teacher_data(
-    corpus: Corpus, detections: Detections, size: int, batch_size: int
+    corpus: Corpus, detections: Detections, size: int, batch_size: int, crops: bool = True
 ) -> tuple[list[str], Tensor, list[Tensor]]:
-    """What the toy teacher trains on: the matched pairs' captions, their images and their
-    object crops (``size`` x ``size`` tensors)."""
+    """What a teacher trains on: the matched pairs' captions, their images and (``crops``,
+    the toy teacher) their object crops (``size`` x ``size`` tensors)."""
     from promu_lib.data.images import crop
     from promu_lib.teacher import images_to_tensor
 
     row_of = {k: i for i, k in enumerate(corpus.keys)}
     matched = [p for p in corpus.pairs if p.matched]
     rows = [row_of[p.image] for p in matched]
-    imgs, crops = [], []
+    imgs, object_crops = [], []
     for chunk in _chunks(len(rows), batch_size):
         ims = corpus.images(rows[i] for i in chunk)
         imgs.append(images_to_tensor(ims, size))
-        crops += [
+        object_crops += [
             images_to_tensor([crop(im, b) for b in detections.boxes[rows[i]]], size)
             for i, im in zip(chunk, ims)
+            if crops
         ]
-    return [p.caption for p in matched], torch.cat(imgs), crops
+    return [p.caption for p in matched], torch.cat(imgs), object_crops
 
 
 def build_teacher(cfg: Config, corpus: Corpus, detections: Detections, progress: bool) -> Teacher:
-    """Step 4: CLIP from ``mining.clip_weights``, or the toy teacher (trained on the corpus the
-    first time, then read from :func:`teacher_stage_dir`)."""
-    from promu_lib.teacher import ClipTeacher, ToyTeacher
+    """Step 4: CLIP from ``mining.clip_weights``, or a teacher trained on the corpus the first
+    time, then read from :func:`teacher_stage_dir`: PROMU's Sec. 4.1 dual encoder (``dual``)
+    or the toy one."""
+    from promu_lib.teacher import ClipTeacher, DualTeacher, ToyTeacher
 
     mc = cfg.mining
     if mc.teacher == "clip":
@@ -414,19 +454,25 @@ def build_teacher(cfg: Config, corpus: Corpus, detections: Detections, progress:
         local = resolve(mc.clip_weights)  # a local directory, else a hub id already cached
         path = str(local) if local.exists() else mc.clip_weights
         return ClipTeacher(path, cfg.run.device, mc.batch_size)
-    if mc.teacher != "toy":
-        raise ValueError(f"mining.teacher must be 'toy' or 'clip', got {mc.teacher!r}")
+    if mc.teacher not in TEACHERS:
+        raise ValueError(f"mining.teacher must be one of {TEACHERS}, got {mc.teacher!r}")
     tdir = teacher_stage_dir(cfg)
     if not is_done(tdir):
-        with dir_lock(tdir, "toy teacher training"):
+        with dir_lock(tdir, f"{mc.teacher} teacher training"):
             if not is_done(tdir):
-                data = toy_teacher_data(corpus, detections, mc.teacher_image_size, mc.batch_size)
-                return _train_toy_teacher(cfg, *data, tdir, progress)
-    _say(progress, f"toy teacher cached in {tdir}")
+                if mc.teacher == "dual":
+                    size, crops = cfg.data.image_size, False
+                else:
+                    size, crops = mc.teacher_image_size, True
+                data = toy_teacher_data(corpus, detections, size, mc.batch_size, crops)
+                return _train_teacher(cfg, *data, tdir, progress)
+    _say(progress, f"{mc.teacher} teacher cached in {tdir}")
+    if mc.teacher == "dual":
+        return DualTeacher.load(tdir, cfg, cfg.run.device)
     return ToyTeacher.load(tdir, cfg.run.device)
 
 
-def _train_toy_teacher(
+def _train_teacher(
     cfg: Config,
     captions: list[str],
     images: Tensor,
@@ -434,27 +480,31 @@ def _train_toy_teacher(
     tdir: Path,
     progress: bool,
 ) -> Teacher:
-    from promu_lib.teacher import train_toy_teacher
+    from promu_lib.teacher import train_dual_teacher, train_toy_teacher
 
     mc = cfg.mining
     _say(
         progress,
-        f"training the toy teacher on {len(captions)} matched pairs, "
+        f"training the {mc.teacher} teacher on {len(captions)} matched pairs, "
         f"{sum(len(c) for c in crops)} crops, {mc.teacher_steps} steps",
     )
     start = time.time()
-    teacher = train_toy_teacher(
-        captions,
-        images,
-        crops if mc.teacher_crops else (),
-        steps=mc.teacher_steps,
-        dim=mc.teacher_dim,
-        batch_size=mc.teacher_batch_size,
-        lr=mc.teacher_lr,
-        seed=mc.seed,
-        device=cfg.run.device,
-        log_every=max(1, mc.teacher_steps // 5) if progress else 0,
-    )
+    log_every = max(1, mc.teacher_steps // 5) if progress else 0
+    if mc.teacher == "dual":
+        teacher = train_dual_teacher(cfg, captions, images, log_every)
+    else:
+        teacher = train_toy_teacher(
+            captions,
+            images,
+            crops if mc.teacher_crops else (),
+            steps=mc.teacher_steps,
+            dim=mc.teacher_dim,
+            batch_size=mc.teacher_batch_size,
+            lr=mc.teacher_lr,
+            seed=mc.seed,
+            device=cfg.run.device,
+            log_every=log_every,
+        )
     teacher.save(tdir)
     mark_done(
         tdir,

@@ -6,6 +6,9 @@ softmax(S / tau). Two implementations:
 
 - :class:`ClipTeacher`: a CLIP checkpoint from a local path (the paper profile), never
   downloaded.
+- :class:`DualTeacher`: PROMU's own Sec. 4.1 encoders (text BERT, ViT, proj_t / proj_v) trained
+  with CIT on the matched caption pairs, then frozen: the teacher the paper describes (Sec.
+  4.2, "the encoders defined in section 4.1"), the paper profile's default.
 - :class:`ToyTeacher`: a small dual encoder (CNN image encoder, bag-of-words text encoder over
   the caption vocabulary) trained here with the CLIP loss on the MATCHED caption pairs and on
   (object crop, caption of its image) pairs, because crops are what it must score for Eq. 6.
@@ -289,4 +292,123 @@ def train_toy_teacher(
                 time.time() - start,
             )
     model.eval()
+    return teacher
+
+
+# -- PROMU Sec. 4.1's dual encoder as the teacher ---------------------------------------------
+
+
+class DualTeacher:
+    """The teacher Sec. 4.2 builds "with the encoders defined in section 4.1": PROMU's text
+    BERT and ViT with their projections proj_t / proj_v (Eq. 4), trained with CIT (Eq. 5) on
+    the matched caption pairs (:func:`train_dual_teacher`), then frozen. S = cosine of the
+    projected [CLS] states. The fusion layers play no part (they come later, in Eq. 2)."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: object,
+        max_len: int,
+        image_size: int,
+        device: str = "cpu",
+        batch_size: int = 64,
+    ) -> None:
+        self.encoder = encoder.eval()
+        self.tokenizer, self.max_len, self.image_size = tokenizer, max_len, image_size
+        self.device = _device(device)
+        self.batch_size = batch_size
+        self.encoder.to(self.device)
+
+    def text_embedding(self, texts: Sequence[str]) -> Tensor:
+        """(N, D) proj_t(t_CLS) of each text (Eq. 4), not normalised."""
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_len,
+            return_tensors="pt",
+        )  # fmt: skip
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        return self.encoder.text_embedding(self.encoder.encode_text(ids, mask)[:, 0])
+
+    def image_embedding(self, pixels: Tensor) -> Tensor:
+        """(N, D) proj_v(v_CLS) of uint8 images (N, 3, S, S) (Eq. 4), not normalised."""
+        from promu_lib.data.datasets import normalize
+
+        return self.encoder.image_embedding(self.encoder.encode_image(normalize(pixels))[:, 0])
+
+    @torch.inference_mode()
+    def score(self, images: list[Image.Image], prompts: list[str]) -> Tensor:
+        text = F.normalize(self.text_embedding(prompts), dim=-1)
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            pix = images_to_tensor(images[i : i + self.batch_size], self.image_size)
+            out.append(F.normalize(self.image_embedding(pix.to(self.device)), dim=-1) @ text.t())
+        return torch.cat(out).float().cpu() if out else torch.zeros(0, len(prompts))
+
+    def save(self, directory: str | Path) -> None:
+        from safetensors.torch import save
+
+        from promu_lib.io import atomic_write_bytes
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}
+        atomic_write_bytes(Path(directory) / "teacher.safetensors", save(state))
+
+    @classmethod
+    def load(cls, directory: str | Path, cfg: object, device: str = "cpu") -> DualTeacher:
+        """The teacher saved in ``directory`` by :meth:`save`, rebuilt from ``cfg``."""
+        from safetensors.torch import load_file
+
+        teacher = _new_dual_teacher(cfg, device)
+        teacher.encoder.load_state_dict(load_file(str(Path(directory) / "teacher.safetensors")))
+        return teacher
+
+
+def _new_dual_teacher(cfg: object, device: str) -> DualTeacher:
+    """PROMU's encoders as ``cfg`` builds them (pretrained BERT/ViT in the paper profile)."""
+    from promu_lib.data.tokenizer import build_tokenizer
+    from promu_lib.models.builders import build_fusion_encoder
+
+    tokenizer = build_tokenizer(cfg)
+    encoder = build_fusion_encoder(cfg, tokenizer)
+    return DualTeacher(
+        encoder, tokenizer, cfg.data.max_len, cfg.data.image_size, device, cfg.mining.batch_size
+    )
+
+
+def train_dual_teacher(
+    cfg: object, captions: Sequence[str], images: Tensor, log_every: int = 0
+) -> DualTeacher:
+    """Train PROMU's dual encoder with CIT (Eq. 5) on matched pairs: ``images`` (N, 3, S, S)
+    uint8 at ``data.image_size``, one per caption; ``mining.teacher_steps`` steps of
+    ``mining.teacher_batch_size`` pairs at ``mining.teacher_lr``, seeded by ``mining.seed``."""
+    from promu_lib.losses import cit_loss
+
+    mc = cfg.mining
+    if len(captions) != len(images):
+        raise ValueError(f"{len(captions)} captions but {len(images)} images")
+    if len(captions) < 2:
+        raise ValueError("the dual-encoder teacher needs at least 2 matched caption pairs")
+    g = torch.Generator().manual_seed(mc.seed)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(mc.seed)
+        teacher = _new_dual_teacher(cfg, cfg.run.device)
+    enc = teacher.encoder
+    opt = torch.optim.AdamW(enc.parameters(), lr=mc.teacher_lr, weight_decay=1e-4)
+    enc.train()
+    bs = min(mc.teacher_batch_size, len(captions))
+    all_matched = torch.ones(bs, dtype=torch.bool, device=teacher.device)
+    start = time.time()
+    for step in range(1, mc.teacher_steps + 1):
+        idx = torch.randperm(len(captions), generator=g)[:bs]
+        z_t = teacher.text_embedding([captions[i] for i in idx.tolist()])
+        z_v = teacher.image_embedding(images[idx].to(teacher.device))
+        loss = cit_loss(z_v, z_t, all_matched, enc.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        enc.clamp_temperature_()
+        if log_every and (step % log_every == 0 or step == mc.teacher_steps):
+            log.info(
+                "dual-encoder teacher step %d/%d CIT %.3f (%.1fs)",
+                step, mc.teacher_steps, loss.item(), time.time() - start,
+            )  # fmt: skip
+    enc.eval()
     return teacher

@@ -761,9 +761,14 @@ def test_config_choices_are_the_modules_choices():
     from promu_lib.data.datasets import IMAGE_TRANSFORMS
     from promu_lib.data.formats import ON_BAD
     from promu_lib.data.images import ON_MISSING
+    from promu_lib.mining import RELATION_SETS, TEACHERS
+    from promu_lib.models.builders import FUSION_INITS
     from promu_lib.models.hvpnet import LAYOUTS, VARIANTS
     from promu_lib.models.pyramid import BACKBONES
 
+    assert CHOICES["mining.relation_set"] == RELATION_SETS
+    assert CHOICES["mining.teacher"] == TEACHERS
+    assert CHOICES["fusion.init"] == FUSION_INITS
     assert CHOICES["data.on_bad_record"] == ON_BAD
     assert CHOICES["data.on_missing_image"] == ON_MISSING
     assert CHOICES["data.image_transform"] == IMAGE_TRANSFORMS

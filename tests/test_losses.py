@@ -21,6 +21,13 @@ def test_itm_perfect_prediction_is_minimum():
     assert torch.isclose(L.itm_loss(torch.zeros(3, 2), matched), torch.tensor(math.log(2)))
 
 
+def _square(sim, matched, g=None, excluded=None):
+    """One process: candidates are the batch itself, the anchor excluded."""
+    b = sim.shape[0]
+    excluded = torch.eye(b, dtype=torch.bool) if excluded is None else excluded
+    return L.hard_negative_indices(sim, sim.t(), matched, (excluded, excluded), g)
+
+
 def test_hard_negatives_exclude_self_and_follow_similarity():
     g = torch.Generator().manual_seed(0)
     b = 4
@@ -30,22 +37,81 @@ def test_hard_negatives_exclude_self_and_follow_similarity():
     sim += torch.eye(b) * 100  # self-similarity would win if not excluded
     matched = torch.tensor([True, True, False, True])
     for _ in range(5):
-        neg = L.hard_negative_indices(sim, matched, g)
+        neg = _square(sim, matched, g)
         assert neg.anchor.tolist() == [0, 1, 3]
         assert (neg.text != neg.anchor).all() and (neg.image != neg.anchor).all()
         assert neg.text[0] == 2
         assert neg.image[1] == 3
     # uniform similarity: every other index gets drawn
-    draws = torch.stack(
-        [L.hard_negative_indices(torch.zeros(b, b), matched, g).text[0] for _ in range(200)]
-    )
+    draws = torch.stack([_square(torch.zeros(b, b), matched, g).text[0] for _ in range(200)])
     assert set(draws.tolist()) == {1, 2, 3}
 
 
+def test_excluded_negatives_by_image_and_caption_identity():
+    """Pairs: 0 = (A, a) matched, 1 = (A, b) falsified with 0's image, 2 = (C, a) matched
+    (a repeated caption), 3 = (D, d) matched. Excluded: every (image, caption) combination
+    that is a pair of the batch."""
+    image_id, caption_id = torch.tensor([0, 0, 2, 3]), torch.tensor([0, 1, 0, 3])
+    no_text, no_image = L.excluded_negatives(image_id, caption_id, image_id, caption_id)
+    # caption j for image i: A takes a or b (pairs 0, 1); C takes a; D takes d
+    assert no_text.tolist() == [
+        [True, True, True, False],
+        [True, True, True, False],
+        [True, False, True, False],
+        [False, False, False, True],
+    ]
+    # image j for caption i: a goes with A (0, 1) and C (2); b with A; d with D
+    assert no_image.tolist() == [
+        [True, True, True, False],
+        [True, True, False, False],
+        [True, True, True, False],
+        [False, False, False, True],
+    ]
+
+
+def test_hard_negatives_never_form_a_true_match():
+    """With the masks above, anchor 0 = (A, a) may only draw pair 3; anchor 2 = (C, a) must
+    not draw image A for its caption a, although pair 1 (image A) shares neither its image id
+    nor its caption (old code: only j != i was excluded)."""
+    image_id, caption_id = torch.tensor([0, 0, 2, 3]), torch.tensor([0, 1, 0, 3])
+    excluded = L.excluded_negatives(image_id, caption_id, image_id, caption_id)
+    sim = torch.full((4, 4), 50.0) - 50.0 * torch.eye(4)  # the forbidden ones are hardest
+    sim[:, 3] = 0.0
+    matched = torch.tensor([True, False, True, True])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        neg = L.hard_negative_indices(sim, sim.t(), matched, excluded, g)
+        assert neg.anchor.tolist() == [0, 2, 3]
+        assert neg.text[0] == 3 and neg.image[0] == 3  # the only allowed candidate of 0
+        assert neg.image[1] == 3  # anchor 2: image A with caption a would be a true match
+        assert not excluded[0][neg.anchor, neg.text].any()
+        assert not excluded[1][neg.anchor, neg.image].any()
+
+
 def test_hard_negatives_empty_cases():
-    assert L.hard_negative_indices(torch.zeros(1, 1), torch.tensor([True])).anchor.numel() == 0
-    none = L.hard_negative_indices(torch.zeros(3, 3), torch.zeros(3, dtype=torch.bool))
+    assert _square(torch.zeros(1, 1), torch.tensor([True])).anchor.numel() == 0
+    none = _square(torch.zeros(3, 3), torch.zeros(3, dtype=torch.bool))
     assert none.text.numel() == 0
+    # an anchor whose every candidate is excluded is dropped (no NaN from an empty softmax)
+    every = torch.ones(2, 2, dtype=torch.bool)
+    assert (
+        _square(torch.zeros(2, 2), torch.tensor([True, True]), excluded=every).anchor.numel() == 0
+    )
+
+
+def test_cit_value_by_hand():
+    """Two matched pairs, 2-d embeddings, tau = 0.5, plus a mismatched pair left out.
+
+    S / tau = [[2.0, 1.2], [0.0, 1.6]] (row = image, column = caption):
+    L_IT = (log(1 + e^-0.8) + log(1 + e^-1.6)) / 2 = (0.371101 + 0.183901) / 2
+    L_TI = (log(1 + e^-2.0) + log(1 + e^-0.4)) / 2 = (0.126928 + 0.513015) / 2
+    L_CIT = (L_IT + L_TI) / 2 = 0.298736
+    """
+    img = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 0.0]])  # row 1 is normalised to [0, 1]
+    txt = torch.tensor([[1.0, 0.0], [3.0, 4.0], [1.0, 0.0]])  # row 1 -> [0.6, 0.8]
+    matched = torch.tensor([True, True, False])
+    loss = L.cit_loss(img, txt, matched, 0.5)
+    assert loss.item() == pytest.approx(0.298736, abs=1e-6)
 
 
 def test_cit_aligned_beats_swapped_and_ignores_mismatched():
@@ -110,13 +176,17 @@ def test_soft_ce_respects_mask_and_empty_mask():
 
 
 def test_coe_mean_over_real_objects_and_gradients():
-    b, m, big_m = 2, 3, 5
-    logits = torch.randn(b, m, big_m, requires_grad=True)
-    q = torch.softmax(torch.randn(b, m, big_m), -1)
-    mask = torch.tensor([[True, True, False], [True, False, False]])
+    """Eq. 8 by hand, M = 2: object (0, 0) has p = [1/2, 1/2], q = [1, 0] -> log 2 = 0.693147;
+    object (1, 0) has p = [3/4, 1/4], q = [1/2, 1/2] -> -(log 0.75 + log 0.25) / 2 = 0.836988;
+    the padded objects (CE about 100 and 0) are left out: L_COE = 0.765068."""
+    log3 = math.log(3.0)
+    logits = torch.tensor(
+        [[[0.0, 0.0], [0.0, 100.0]], [[log3, 0.0], [5.0, 5.0]]], requires_grad=True
+    )
+    q = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]])
+    mask = torch.tensor([[True, False], [True, False]])
     loss = L.coe_loss(logits, q, mask)
-    per = -(q * logits.log_softmax(-1)).sum(-1)
-    assert torch.isclose(loss, per[mask].mean())
+    assert loss.item() == pytest.approx(0.765068, abs=1e-6)
     loss.backward()
     assert logits.grad[~mask].abs().sum() == 0  # padded objects get no gradient
     assert logits.grad[mask].abs().sum() > 0

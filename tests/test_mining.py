@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from promu_lib import mining
-from promu_lib.config import tiny
+from promu_lib.config import profile_config, tiny
 from promu_lib.data.formats import write_boxes, write_captions
 from promu_lib.data.records import MNRE_RELATIONS, Box, CaptionPair
 from promu_lib.detect import PrecomputedBoxes, YoloDetector
@@ -84,6 +84,19 @@ def test_relation_labels_and_extras(tmp_path):
     assert labels[22:] == phrases[22:]
     with pytest.raises(MissingAssetError, match="extra relation labels"):
         mining.relation_labels(tmp_path / "absent.txt")
+
+
+def test_the_paper_profile_prompts_wikidata_relations_not_the_downstream_labels():
+    """Sec. 4.3: CIR's relation labels come from Wikidata. The paper profile uses the shipped
+    list (FewRel 1.0's 80 Wikidata properties); MNRE's labels are not the label set."""
+    assert profile_config("paper").mining.relation_set == "wikidata"
+    assert profile_config("tiny").mining.relation_set == "mnre"  # the toy images draw MNRE's
+    labels, phrases = mining.relation_labels(relation_set="wikidata")
+    assert len(labels) == len(set(labels)) == 80 and all(pid.startswith("P") for pid in labels)
+    assert phrases[labels.index("P26")] == "spouse" and phrases[labels.index("P40")] == "child"
+    assert not set(labels) & set(MNRE_RELATIONS)
+    with pytest.raises(ValueError, match="relation_set"):
+        mining.relation_labels(relation_set="freebase")
 
 
 # -- pseudo-labels -----------------------------------------------------------------------------
@@ -381,3 +394,41 @@ def test_toy_teacher_save_load_roundtrip(world, tmp_path):
 def test_load_pseudo_labels_unfinished(tmp_path):
     with pytest.raises(MissingAssetError, match="pseudo-labels"):
         mining.load_pseudo_labels(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_sec_4_1_dual_encoder_teacher_mines_and_is_cached(world, monkeypatch):
+    """mining.teacher=dual (the paper profile's default, Sec. 4.2): PROMU's own text encoder and
+    ViT with proj_t/proj_v, trained with CIT on the matched pairs only, then frozen; cached
+    apart from the toy teacher, and read back with the same scores."""
+    from promu_lib import teacher as teachers
+
+    assert profile_config("paper").mining.teacher == "dual"
+    base, _ = world
+    cfg = base.replace(
+        **{"mining.teacher": "dual", "mining.teacher_steps": 4, "mining.teacher_batch_size": 8}
+    )
+    seen = []
+    train = teachers.train_dual_teacher
+
+    def spy(c, captions, images, log_every=0):
+        seen.append((len(captions), tuple(images.shape[1:])))
+        return train(c, captions, images, log_every)
+
+    monkeypatch.setattr(teachers, "train_dual_teacher", spy)
+    out = mining.mine_labels(cfg, progress=False)
+    assert seen == [(36, (3, cfg.data.image_size, cfg.data.image_size))]  # matched pairs only
+    assert out != mining.mining_dir(base)
+    assert mining.teacher_stage_dir(cfg) != mining.teacher_stage_dir(base)
+    labels = mining.load_pseudo_labels(out)
+    assert labels.q_rel.shape == (36, 22)
+    # another encoder size is another teacher (and other labels)
+    wider = cfg.replace(**{"text.intermediate_size": 96})
+    assert mining.teacher_stage_dir(wider) != mining.teacher_stage_dir(cfg)
+    assert mining.mining_dir(wider) != out
+    loaded = teachers.DualTeacher.load(mining.teacher_stage_dir(cfg), cfg)
+    ims = [Image.new("RGB", (20, 20), (255, 0, 0)), Image.new("RGB", (40, 30), (0, 90, 0))]
+    prompts = ["This is an image of dog.", "This image shows the relation of parent."]
+    s = loaded.score(ims, prompts)
+    assert s.shape == (2, 2) and torch.all(s.abs() <= 1.0 + 1e-5)
+    assert torch.allclose(s, mining.build_teacher(cfg, None, None, False).score(ims, prompts))

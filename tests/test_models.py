@@ -464,3 +464,31 @@ def test_fusion_encoder_for_pretraining_trains_every_parameter():
     loss.backward()
     for name, p in enc.named_parameters():
         assert p.requires_grad and p.grad is not None, name
+
+
+def test_fusion_from_text_layers_is_albefs_split():
+    """fusion.init=text-layers (the paper profile, PROMU's official code): the text encoder's
+    last fusion.num_layers layers, with their weights, are the fusion layers; the text encoder
+    keeps the ones before them. Random init keeps the whole text encoder and new layers."""
+    from promu_lib.config import profile_config
+    from promu_lib.models.builders import build_fusion_encoder, build_text_encoder
+
+    cfg = profile_config("tiny").replace(**{"text.num_layers": 4, "text.vocab_size": 50})
+    torch.manual_seed(0)
+    text = build_text_encoder(cfg.text)
+    last_two = [layer.fc1.weight.clone() for layer in text.stack.layers[2:]]
+    split = build_fusion_encoder(cfg.replace(**{"fusion.init": "text-layers"}), text=text)
+    assert len(split.text.stack.layers) == 2 and split.text.cfg.num_layers == 2
+    assert len(split.fusion.layers) == 2
+    for layer, weight in zip(split.fusion.layers, last_two):
+        assert torch.equal(layer.fc1.weight, weight)
+    ids = torch.randint(1, 50, (2, 7))
+    assert split.encode_text(ids, torch.ones_like(ids)).shape == (2, 7, cfg.text.hidden_size)
+    plain = build_fusion_encoder(cfg, text=build_text_encoder(cfg.text))
+    assert len(plain.text.stack.layers) == 4 and len(plain.fusion.layers) == 2
+    assert profile_config("paper").fusion.init == "text-layers"
+    with pytest.raises(ValueError, match="more text layers"):
+        build_fusion_encoder(
+            cfg.replace(**{"fusion.init": "text-layers", "fusion.num_layers": 4}),
+            text=build_text_encoder(cfg.text),
+        )

@@ -54,7 +54,7 @@ def test_index_names_every_stage_report_and_embeds_its_figures(tmp_path):
         assert f"alt='{name}'" in page
     assert page.index(">data<") < page.index(">jobs<") < page.index(">mining<")
     head = page[: page.index("<h2>")]
-    assert "Profile <b>tiny</b>" in head and "seeds <b>0</b>" in head and "commit" in head
+    assert "Profile <b>tiny</b>" in head and "seeds <b>0, 1, 2</b>" in head and "commit" in head
     assert "claims" not in page.lower().split("<h2>stages")[0]  # no claims file: no section
 
 

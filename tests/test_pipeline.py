@@ -200,7 +200,8 @@ def test_the_plan_is_each_studys_jobs():
     jobs = pipeline.stage_jobs(cfg)
     assert set(jobs) <= set(pipeline.stage_names())
     assert {"data", "mining", "llm"}.isdisjoint(jobs)  # stages that train nothing
-    expected = [r.job(d, 0) for r in table1.ROWS for d in cfg.scope.datasets]
+    seeds = cfg.run.seeds
+    expected = [r.job(d, s) for r in table1.ROWS for d in cfg.scope.datasets for s in seeds]
     assert jobs["finetune"] == expected == jobs["table1"] == table1.jobs(cfg)
     assert set(jobs["fig3_tsne"]) | set(jobs["fig4_tail"]) | set(jobs["fig5_attention"]) <= set(
         expected
@@ -312,3 +313,19 @@ def test_a_new_study_is_one_module_and_one_notebook(monkeypatch, tmp_path):
     assert (tmp_path / "reports" / "toy_table4.html").is_file()
     status = json.loads((tmp_path / "reports" / "status" / "jobs.json").read_text())
     assert status["status"] == "ok" and status["jobs"] == 1
+
+
+def test_three_seeds_by_default_and_quick_runs_one(monkeypatch):
+    """`./run_all.sh` compares models over three fine-tuning seeds; `--quick` keeps seed 0, and
+    every job it trains is one the full run reuses (same seed, same cache key)."""
+    seen = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, only, force: seen.append(cfg) or 0)
+    assert pipeline.main([]) == 0 and pipeline.main(["--quick"]) == 0
+    full, quick = seen
+    assert full.run.seeds == (0, 1, 2) and quick.run.seeds == (0,)
+    full_jobs = set(pipeline.jobs_of(full, ["table1"]))
+    quick_jobs = set(pipeline.jobs_of(quick, ["table1"]))
+    assert quick_jobs < full_jobs and {j.seed for j in quick_jobs if isinstance(j, Finetune)} == {0}
+    assert len([j for j in full_jobs if isinstance(j, Finetune)]) == 3 * len(
+        [j for j in quick_jobs if isinstance(j, Finetune)]
+    )

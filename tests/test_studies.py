@@ -432,3 +432,20 @@ def test_table1_measurements_show_what_ran_them(monkeypatch, tmp_path):
     assert "*Measured by `benchmarks/seed_spread.py` on 2026-12-01T10:00:00 (commit abc).*" in text
     assert "### Spread" in text
     assert "benchmarks/promu_vs_hvpnet.py has not been run" in text
+
+
+def test_the_pretraining_tables_name_teacher_relation_set_fusion_init_and_itm():
+    """Issue 16: a caption says which teacher, relation set, fusion initialisation and ITM
+    negatives produced the PROMU rows; tiny and paper differ on each of the first three."""
+    from promu_lib.config import profile_config
+
+    tiny_note = common.pretraining_note(profile_config("tiny"))
+    paper_note = common.pretraining_note(profile_config("paper"))
+    assert "small dual encoder" in tiny_note and "Sec. 4.1 encoders" in paper_note
+    assert "MNRE's 22 relations (the downstream label set)" in tiny_note
+    assert "Wikidata" in paper_note and "ALBEF split" in paper_note
+    assert "initialised at random" in tiny_note and "ITM Eq. 3 on the given pairs." in tiny_note
+    hard = profile_config("tiny").replace(**{"pretrain.itm_hard_negatives": True})
+    assert "hard negatives" in common.pretraining_note(hard)
+    cfg = profile_config("tiny")
+    assert tiny_note in table1.table(cfg, {}, ["mnre"]).title

@@ -217,6 +217,31 @@ def to_pixels(image: Image.Image, size: int, transform: str = "resize") -> torch
     return TF.pil_to_tensor(image)
 
 
+def transform_boxes(
+    boxes: torch.Tensor, width: int, height: int, size: int, transform: str = "resize"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes of a ``width`` x ``height`` image in the pixels :func:`to_pixels` makes of it.
+
+    boxes (..., 4) normalised (x1, y1, x2, y2) in the original image -> the same objects,
+    normalised in the transformed image and clipped to it, and (...) bool: whether a box keeps
+    any area (``resize-crop`` can cut an object off entirely). ``resize`` changes nothing.
+    """
+    if transform not in IMAGE_TRANSFORMS:
+        raise ValueError(f"image transform {transform!r}; expected one of {IMAGE_TRANSFORMS}")
+    out = boxes.clone().float()
+    if transform == "resize-crop":  # the arithmetic of TF.resize(int) then TF.center_crop
+        short_side = round(size * 256 / 224)
+        if width <= height:
+            new_w, new_h = short_side, int(short_side * height / width)
+        else:
+            new_w, new_h = int(short_side * width / height), short_side
+        left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)
+        out[..., 0::2] = ((out[..., 0::2] * new_w - left) / size).clamp(0.0, 1.0)
+        out[..., 1::2] = ((out[..., 1::2] * new_h - top) / size).clamp(0.0, 1.0)
+    keeps_area = (out[..., 2] > out[..., 0]) & (out[..., 3] > out[..., 1])
+    return out, keeps_area
+
+
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, S, S) -> float, ImageNet mean/std."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)

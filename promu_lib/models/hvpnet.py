@@ -1,15 +1,25 @@
 """HVPNeT (HMNeT): hierarchical visual prefix for a BERT-style text encoder.
 
 HVPNeT paper, Sec. 3. The global image and the top-m object crops go through a CNN pyramid
-(Sec. 3.2, Eq. 1-2: each block's map pooled to the same p x p size, then a 1x1 conv to the
-text hidden size, giving p*p prompt tokens per block; the paper leaves the last block unpooled,
-h*w tokens per image, while the reference code and this one pool every block, p = 2 by default:
-``hvpnet.prompt_len``). Per text layer l a dynamic gate
-(Eq. 3-4: mean over blocks of the globally pooled features -> Linear -> LeakyReLU -> softmax
-over the c=4 blocks) mixes the blocks (Eq. 5); the mixed tokens of the global image and the
-objects are concatenated (Eq. 6) and projected to that layer's prefix keys and values
-(Eq. 8: here a shared Linear-Tanh followed by a per-layer Linear, the reference code's
-Linear(.., mid)-Tanh-Linear(mid, ..)), which every self-attention layer attends to (Eq. 9).
+(Sec. 3.2, Eq. 1-2), each block's map average-pooled to p x p and mapped by a 1x1 conv to the
+text hidden size: p*p prompt tokens per block (``hvpnet.prompt_len`` = p*p). Per text layer l
+a dynamic gate (Eq. 3-4: mean over blocks of the globally pooled features -> Linear ->
+LeakyReLU -> softmax over the c=4 blocks) mixes the blocks (Eq. 5); the mixed tokens of the
+global image and the objects are concatenated (Eq. 6) and projected to that layer's prefix keys
+and values (Eq. 8), which every self-attention layer attends to (Eq. 9).
+
+Two set-ups, read against the paper:
+- Pooling (Eq. 1-2). The paper leaves the last block unpooled (Eq. 1, V_c = Conv1x1(F_c)) and
+  pools blocks 1..c-1 to its size (Eq. 2): a prefix of h*w*(m+1) tokens (Eq. 8), 7x7 = 49 per
+  image for ResNet-50 at 224 px. The reference code pools every block to 2x2 (prompt_len 4), and
+  so does the ``paper`` profile (the released numbers were made that way; 16 prefix tokens per
+  layer instead of 196). ``prompt_len`` = the last block's h*w is the paper's Eq. 1-2 exactly
+  (adaptive pooling of that block to its own size is the identity): 49 for ResNet-50 at 224
+  px; in ``tiny`` (tiny-cnn at 32 px, a 2x2 last block) the default 4 already is.
+- Key/value map (Eq. 8). The paper has one linear map W_l^phi per layer. By default a shared
+  Linear(H, mid)-Tanh runs first, then the per-layer Linear(mid, 2H): the reference code's
+  Linear-Tanh-Linear, with the per-layer split of Eq. 8. ``hvpnet.mid_dim = 0`` is Eq. 8 as
+  written: the per-layer Linear(H, 2H) alone.
 
 Differences from the reference code (zjunlp/HVPNeT ``models/bert_model.py``), on purpose:
 - the gate mixes the pyramid *blocks*, as the paper defines it; the reference concatenates the
@@ -145,10 +155,15 @@ class HierarchicalVisualPrefix(_PyramidPrefix):
             self.gate = nn.Linear(hidden_size, num_layers * N_BLOCKS)
         else:
             self.register_buffer("routing", self._fixed_routing(), persistent=False)
-        # Eq. 8: shared Linear-Tanh, then the per-layer W_l^phi to keys and values
-        self.mid = nn.Sequential(nn.Linear(hidden_size, cfg.mid_dim), nn.Tanh())
+        # Eq. 8: the per-layer W_l^phi to keys and values, after a shared Linear-Tanh (the
+        # reference's) unless mid_dim is 0 (Eq. 8 as written: one linear map per layer)
+        if cfg.mid_dim > 0:
+            self.mid: nn.Module = nn.Sequential(nn.Linear(hidden_size, cfg.mid_dim), nn.Tanh())
+        else:
+            self.mid = nn.Identity()
+        d_in = cfg.mid_dim or hidden_size
         n_out = 1 if self.variant == "single" else num_layers
-        self.kv_weight = nn.Parameter(torch.randn(n_out, cfg.mid_dim, 2 * hidden_size) * 0.02)
+        self.kv_weight = nn.Parameter(torch.randn(n_out, d_in, 2 * hidden_size) * 0.02)
         self.kv_bias = nn.Parameter(torch.zeros(n_out, 2 * hidden_size))
 
     def _fixed_routing(self) -> Tensor:
@@ -245,6 +260,10 @@ class ReferenceVisualPrefix(_PyramidPrefix):
         if cfg.variant != "full":
             raise ValueError(
                 f"hvpnet.layout 'reference' has only the full model, got variant {cfg.variant!r}"
+            )
+        if cfg.mid_dim < 1:
+            raise ValueError(
+                "hvpnet.layout 'reference' needs hvpnet.mid_dim >= 1 (its Linear-Tanh)"
             )
         self.proj = nn.Sequential(
             nn.Linear(sum(self.backbone.channels), cfg.mid_dim),

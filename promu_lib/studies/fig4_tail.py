@@ -25,6 +25,7 @@ from promu_lib.studies.common import (
     Results,
     in_scope,
     jobs_claim,
+    pretraining_note,
     promu_job,
     scratch_job,
     scratch_vs_promu_jobs,
@@ -163,7 +164,7 @@ def fig4_table(cfg: Config, gains: Fig4Gains) -> Table:
         title="Average F1 gain of PROMU pre-training over the same fusion model without it: "
         "the 8 rarest relations vs all relations, ORG/MISC vs all entity types "
         "(MNER rows: ORG and MISC pooled over the Twitter sets; % of the base F1, classes "
-        "with base F1 0 left out)",
+        "with base F1 0 left out). " + pretraining_note(cfg),
     )  # fmt: skip
     # the paper's "9.7% and 6.0% for all entity types": Twitter-2015, then Twitter-2017
     all_types = paper_value("promu", "text_claims", "fig4_ner_all_types_gain_pct") or [None, None]

@@ -28,6 +28,7 @@ from promu_lib.studies.common import (
     compare_rows,
     per_seed,
     promu_job,
+    recipes_note,
     results_table,
     row_claim,
     row_jobs,
@@ -71,9 +72,11 @@ def low_resource_table(
     ``{model: [per-seed F1 at each fraction]}`` for ``analysis.low_resource_curve``.
     ``models[name](dataset, seed, fraction)`` gives the job."""
     cols = [fraction_label(f) for f in fractions]
+    recipes = recipes_note(cfg, [job("mnre", 0, 1.0).model for job in models.values()])
     table = Table.for_config(
         cfg, "hvpnet_low_resource", cols, with_paper=False,
-        title="Low-resource setting (HVPNeT Fig 3): test F1 against the share of training data",
+        title="Low-resource setting (HVPNeT Fig 3): test F1 against the share of training data. "
+        + recipes,
     )  # fmt: skip
     curves: dict[str, dict[str, list[list[float]]]] = {}
     for d in datasets:
@@ -118,7 +121,8 @@ def cross_task_table(
     table = Table.for_config(
         cfg, "hvpnet_cross_task", cols, paper_source="HVPNeT Table 3 (HMNeT)",
         title=f"Cross-task transfer: test F1 of {model} on the target dataset, trained directly "
-        "or starting from its backbone fine-tuned on the source dataset",
+        "or starting from its backbone fine-tuned on the source dataset. "
+        + recipes_note(cfg, [model]),
     )  # fmt: skip
     for k, name in enumerate(("direct", "after the source task")):
         measured, published, reasons = {}, {}, {}
@@ -270,7 +274,9 @@ def run(
     variants = out.table(
         results_table(
             cfg, "hvpnet_variants", VARIANT_ROWS, results, datasets, paper=("hvpnet", "table1_prf"),
-            title="HVPNeT variants: test P/R/F1", paper_source="HVPNeT Table 1 (HMNeT rows)",
+            title="HVPNeT variants: test P/R/F1. "
+            + recipes_note(cfg, [r.model for r in VARIANT_ROWS]),
+            paper_source="HVPNeT Table 1 (HMNeT rows)",
         )
     )  # fmt: skip
     out.figure(plots.table_bars(variants, title="HVPNeT variants: test F1"), "hvpnet_variants")

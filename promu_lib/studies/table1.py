@@ -29,6 +29,8 @@ from promu_lib.studies.common import (
     Row,
     _same,
     in_scope,
+    pretraining_note,
+    recipes_note,
     results_table,
     row_claim,
     row_jobs,
@@ -92,7 +94,9 @@ def table(cfg: Config, results: Results, datasets: Sequence[str]) -> Table:
     return results_table(
         cfg, "table1", ROWS, results, datasets,
         paper=("promu", "table1_prf"), paper_std=("promu", "table1_f1_std"),
-        title="Main results: test P/R/F1", paper_source="PROMU Table 1",
+        title=f"Main results: test P/R/F1. {recipes_note(cfg, [r.model for r in ROWS])} "
+        + pretraining_note(cfg),
+        paper_source="PROMU Table 1",
     )  # fmt: skip
 
 

@@ -1,9 +1,11 @@
 """PROMU Table 2: pre-training added on top of another fusion model.
 
-The paper adds each pre-training to MMIB; MMIB is not built here: HVPNeT stands in for it, its
-BERT initialised from the text encoder of a pre-trained fusion encoder (alignment-only or
-PROMU; see ``promu_lib.models.task.load_pretrained_backbone``). The paper's MMIB rows are shown
-beside for reference only.
+The paper adds each pre-training to MMIB ("continued using multimodal pre-training based on
+MMIB": its fusion is pre-trained too). Neither is done here: HVPNeT stands in for MMIB, and only
+its BERT is initialised, from the text encoder of a pre-trained fusion encoder (alignment-only or
+PROMU; see ``promu_lib.models.task.load_pretrained_backbone``); HVPNeT's own fusion (its visual
+prefix and gates) starts from scratch, never pre-trained. The rows are named for that ("HVPNeT
++ PROMU text encoder"), and the paper's MMIB rows are shown beside for reference only.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from promu_lib.studies.common import (
     Row,
     _same,
     in_scope,
+    pretraining_note,
+    recipes_note,
     results_table,
     row_claim,
     row_jobs,
 )
 
 NOTEBOOK = "05_table2.ipynb"
-TITLE = "Table 2: pre-training on top of a fusion model"
+TITLE = "Table 2: a pre-trained text encoder in another fusion model"
 READER = True
 TABLES = ("table2",)
 FIGURES = ("table2_f1",)
@@ -35,8 +39,8 @@ CLAIMS_TABLE = "table2_claims"
 
 ROWS: tuple[Row, ...] = (
     Row("HVPNeT", "hvpnet", paper=_same("MMIB")),
-    Row("HVPNeT + alignment-only pre-training", "hvpnet", "align-only", paper=_same("MMIB+BLIP")),
-    Row("HVPNeT + PROMU pre-training", "hvpnet", "promu", paper=_same("MMIB+Ours")),
+    Row("HVPNeT + alignment-only text encoder", "hvpnet", "align-only", paper=_same("MMIB+BLIP")),
+    Row("HVPNeT + PROMU text encoder", "hvpnet", "promu", paper=_same("MMIB+Ours")),
 )
 
 
@@ -47,16 +51,19 @@ def jobs(cfg: Config, datasets: Sequence[str] | None = None) -> list[Finetune]:
 def table(cfg: Config, results: Results, datasets: Sequence[str]) -> Table:
     return results_table(
         cfg, "table2", ROWS, results, datasets, paper=("promu", "table2_f1"), metrics=("F1",),
-        title="Pre-training added to a fusion model: test F1 (HVPNeT stands in for MMIB)",
+        title="A pre-trained text encoder in a fusion model: test F1 (HVPNeT stands in for MMIB; "
+        "only its BERT starts from the pre-training, its visual prefix from scratch, where the "
+        "paper pre-trains MMIB's fusion too). " + recipes_note(cfg, [r.model for r in ROWS])
+        + " " + pretraining_note(cfg),
         paper_source="PROMU Table 2 (MMIB rows)",
     )  # fmt: skip
 
 
 # (claim, row that should be higher, row that should be lower): indices into ROWS
 CLAIMS: tuple[tuple[str, int, int], ...] = (
-    ("PROMU pre-training adds to the fusion model", 2, 0),
-    ("alignment-only pre-training adds to the fusion model", 1, 0),
-    ("PROMU pre-training adds more than alignment-only", 2, 1),
+    ("PROMU's text encoder adds to the fusion model", 2, 0),
+    ("the alignment-only text encoder adds to the fusion model", 1, 0),
+    ("PROMU's text encoder adds more than the alignment-only one", 2, 1),
 )
 
 

@@ -23,6 +23,7 @@ from promu_lib.studies.common import (
     in_scope,
     jobs_claim,
     per_seed,
+    pretraining_note,
     seeds_of,
 )
 
@@ -67,7 +68,7 @@ def template_table(cfg: Config, results: Results, datasets: Sequence[str]) -> Ta
     table = Table.for_config(
         cfg, "table3", list(datasets), paper_source="PROMU Table 3",
         title="Prompt designs: test F1 of PROMU pre-trained with entity template (1)/(2) and "
-        "relation template (A)/(B)/(C)",
+        "relation template (A)/(B)/(C). " + pretraining_note(cfg),
     )  # fmt: skip
     for name, e, r in template_pairs():
         measured, reasons = {}, {}

@@ -8,7 +8,11 @@ process and these helpers are no-ops.
 Batches are cut so that N processes and one process with gradient accumulation see the same
 data: an optimiser step consumes ``world * accum`` micro-batches of ``batch_size`` posts; rank
 r takes micro-batches ``a * world + r`` for a in 0..accum-1. DDP averages gradients over
-ranks, accumulation over micro-batches, so both give the same update.
+ranks, accumulation over micro-batches, so both give the same update (for the losses that are
+means over pairs). The contrastive loss is the exception: its in-batch negatives are gathered
+from all ranks (``promu_lib.models.gather``, as the official code does), so N processes with
+batch b contrast N x b pairs, while accumulation contrasts b pairs per micro-batch; it cannot
+enlarge that set.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Fine-tuning: one entry point for every model on MNER (Twitter-2015/2017) and MRE (MNRE).
 
-``finetune(cfg, "twitter2015", "hvpnet", seed=0)`` trains with AdamW (encoder ``lr``, head
-``head_lr``) under a linear warm-up/decay schedule, evaluates on dev after every epoch, keeps
-the best DEV-F1 weights, stops after ``patience`` epochs without a dev gain, and reports dev and
-test at that checkpoint (test never selects anything). Outputs, written atomically::
+``finetune(cfg, "twitter2015", "hvpnet", seed=0)`` trains with the model family's recipe
+(``finetune.recipes``, ``config.recipe_for``): AdamW (encoder ``lr``, head ``head_lr`` for
+MNER, ``re_head_lr`` for MRE) under a linear warm-up/decay schedule, evaluates on dev after
+every epoch, keeps the best DEV-F1 weights, stops after ``patience`` epochs without a dev gain,
+and reports dev and test at that checkpoint (test never selects anything). Outputs, written
+atomically::
 
     <out>/metrics.json       dev + test P/R/F1 (per type / relation), history, timing, config
     <out>/predictions.jsonl  one test prediction per post
@@ -36,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from promu_lib.cache import is_done, mark_done, stage_dir
-from promu_lib.config import Config, FinetuneConfig
+from promu_lib.config import Config, FinetuneConfig, head_lr_of, recipe_for
 from promu_lib.data.datasets import PostDataset, load_split, make_loader
 from promu_lib.data.layout import SPLITS, DataLayout
 from promu_lib.data.tokenizer import build_tokenizer
@@ -92,7 +94,9 @@ def load_backbone(model: nn.Module, init: str | Path) -> None:
 def finetune_dir(
     cfg: Config, dataset: str, model: str, *, init: str | Path | None, seed: int, image_mode: str
 ) -> Path:
-    """The cache directory of one fine-tuning run."""
+    """The cache directory of one fine-tuning run: the config slice of the recipe ``model``
+    runs (``config.recipe_for``), the seed, the init file's hash and the image mode."""
+    cfg = recipe_for(cfg, model, task_of(dataset))
     extra = {
         "seed": seed,
         "init": sha256_file(init) if init else None,
@@ -159,7 +163,9 @@ def finetune(
     Cached: a finished run with the same config slice, seed, init and image mode is returned
     from disk; an interrupted one resumes from its last epoch. One process per run directory
     (``promu_lib.locks``): a second one on the same run waits, then reads the first's result.
+    The ``finetune`` section is the one of ``model``'s recipe (``config.recipe_for``).
     """
+    cfg = recipe_for(cfg, model, task_of(dataset))
     run = _check_run(cfg, dataset, model, init, seed, out_dir, image_mode)
     if not is_done(run.out):
         with dir_lock(run.out, "fine-tuning"):
@@ -179,7 +185,7 @@ def _train_run(cfg: Config, run: _Run) -> dict[str, Any]:
     seed_everything(seed, cfg.run.deterministic)  # model init independent of data loading
     net = _build_net(cfg, run, tokenizer, device)
     loaders = _with_frozen_features(net, data, loaders, device, cfg.finetune)
-    training = _start_or_resume(net, loaders, cfg.finetune, run.out / "ckpt", clock)
+    training = _start_or_resume(net, loaders, cfg.finetune, run.task, run.out / "ckpt", clock)
     _train(cfg, run, training, loaders, device)
     return _test_and_report(cfg, run, training, data, loaders["test"], device)
 
@@ -306,11 +312,18 @@ class _Training:
 
 
 def _start_or_resume(
-    net: nn.Module, loaders: dict[str, Any], f: FinetuneConfig, ckpt: Path, clock: float
+    net: nn.Module,
+    loaders: dict[str, Any],
+    f: FinetuneConfig,
+    task: str,
+    ckpt: Path,
+    clock: float,
 ) -> _Training:
-    """AdamW (encoder ``lr``, head ``head_lr``) under the linear schedule; restored with the
-    RNG states from ``ckpt`` when an earlier run left a checkpoint there."""
-    optimizer = build_optimizer(net.param_groups(f.lr, f.head_lr, f.weight_decay), f.lr)
+    """AdamW (encoder ``lr``; head: ``head_lr`` for MNER, ``re_head_lr`` or the encoder's
+    ``lr`` for MRE: ``config.head_lr_of``) under the linear schedule; restored with the RNG
+    states from ``ckpt`` when an earlier run left a checkpoint there."""
+    groups = net.param_groups(f.lr, head_lr_of(f, task), f.weight_decay)
+    optimizer = build_optimizer(groups, f.lr)
     steps_per_epoch = len(loaders["train"])
     scheduler = build_scheduler(optimizer, f.epochs * steps_per_epoch, f.warmup_ratio)
     state: dict[str, Any] = {

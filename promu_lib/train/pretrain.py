@@ -12,7 +12,9 @@ loss of Eq. 11 has its weight ``cfg.pretrain.lambda_*`` (0 switches it off) and
 
 A killed run resumes from ``ckpt`` and ends with the same weights as an uninterrupted one (on
 CPU). Under ``torchrun --nproc_per_node=N`` the same function runs DDP (see
-``promu_lib.train.distributed``); rank 0 writes.
+``promu_lib.train.distributed``); rank 0 writes. CIT's negatives are gathered from all ranks
+(N x ``batch_size`` pairs per contrast); ``grad_accum`` enlarges the optimiser batch only, not
+the contrastive one. The temperature is clamped to its bounds after every optimiser step.
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> P
 
     seed_everything(seed, cfg.run.deterministic)  # the model's init does not depend on the data
     encoder = build_fusion_encoder(cfg, tokenizer)
-    model = PromuPretrainer(encoder, len(labels.nouns), len(labels.relation_labels)).to(device)
+    model = PromuPretrainer(
+        encoder, len(labels.nouns), len(labels.relation_labels), p.itm_hard_negatives
+    ).to(device)
     weights = loss_weights(cfg)
     active = tuple(k for k in LOSS_NAMES if weights[k] != 0)
     decay = [q for q in model.parameters() if q.ndim > 1]
@@ -180,6 +184,7 @@ def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> P
                     sums[k] += float(v.detach()) / len(micro)
             torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
             optimizer.step()
+            model.encoder.clamp_temperature_()  # tau stays in bounds, its gradient alive
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -209,6 +214,7 @@ def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> P
                 "steps": step,
                 "losses": list(active),
                 "soft_labels": p.soft_labels,
+                "itm_hard_negatives": p.itm_hard_negatives,
                 "seconds_this_process": time.perf_counter() - t0,
                 "world_size": d.world,
                 "labels": str(labels.meta.get("stage_dir", "")),
