@@ -113,13 +113,15 @@ def claims(cfg: Config, table: Table, datasets: Sequence[str]) -> list[Any]:
     ]
 
 
-MEASUREMENTS: tuple[str, ...] = ("seed_spread", "promu_vs_hvpnet")  # benchmarks/results/
+# benchmarks/results/
+MEASUREMENTS: tuple[str, ...] = ("seed_spread", "promu_vs_hvpnet", "itm_negatives")
 
 
 def measurements() -> str:
     """The controlled runs behind Table 1's reading, as last measured and committed
     (``benchmarks/seed_spread.py``: how much a pre-training seed adds to the spread;
-    ``benchmarks/promu_vs_hvpnet.py``: why HVPNeT beats the fusion model here), each with the
+    ``benchmarks/promu_vs_hvpnet.py``: why HVPNeT beats the fusion model here;
+    ``benchmarks/itm_negatives.py``: what ITM's optional hard negatives change), each with the
     command, date and commit that wrote it."""
     import re
 
