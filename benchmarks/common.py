@@ -115,6 +115,31 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> Path:
     return RESULTS / f"{name}.md"
 
 
+def mean_std_rows(f1: dict[str, dict[str, list[float]]]) -> list[list[str]]:
+    """One table row per arm: ``mean ± sample std`` of its per-seed F1 on each dataset."""
+    return [
+        [name, *(f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for v in per.values())]
+        for name, per in f1.items()
+    ]
+
+
+def gap_row(
+    label: str, better: dict[str, list], worse: dict[str, list], gaps: dict[str, dict]
+) -> list[str]:
+    """One table row: per dataset, the paired gap of ``better`` over ``worse`` (per-seed
+    ``promu_lib.evidence`` counts) with its 95% interval and verdict, also stored in ``gaps``
+    under ``"<label> @ <dataset>"``."""
+    from promu_lib.evidence import paired_gap
+
+    cells = []
+    for d in better:
+        g = paired_gap(better[d], worse[d])
+        gaps[f"{label} @ {d}"] = {"gap": g.point, "low": g.low, "high": g.high,
+                                  "verdict": g.verdict}  # fmt: skip
+        cells.append(f"{g.point:+.2f} [{g.low:+.2f}, {g.high:+.2f}] {g.verdict}")
+    return [label, *cells]
+
+
 def run_child(args: Sequence[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``python <args>`` in a fresh process (clean peak RSS); it prints one JSON line last."""
     out = subprocess.run(

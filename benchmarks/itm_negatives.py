@@ -14,13 +14,12 @@ default run trained. Results: ``benchmarks/results/itm_negatives.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
-from common import markdown_table, write_results
+from common import gap_row, markdown_table, mean_std_rows, write_results
 
 from promu_lib.config import profile_config
-from promu_lib.evidence import paired_gap, read_counts
+from promu_lib.evidence import read_counts
 from promu_lib.jobs import Finetune, Pretrain, run_jobs
 
 DATASETS = ("twitter2015", "twitter2017", "mnre")
@@ -52,20 +51,14 @@ def main() -> None:
             counts[key] = {
                 d: [read_counts(jobs[d, s].out_dir(cfg)) for s in args.seeds] for d in DATASETS
             }
-    rows = [
-        [name, *(f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for v in per.values())]
-        for name, per in f1.items()
-    ]
-    gaps, gap_rows = {}, []
+    rows = mean_std_rows(f1)
+    gaps: dict[str, dict] = {}
     on, off = list(arms)[1], list(arms)[0]
-    for row in ROWS:
-        cells = []
-        for d in DATASETS:
-            g = paired_gap(counts[f"{row}, {on}"][d], counts[f"{row}, {off}"][d])
-            gaps[f"{row} @ {d}"] = {"gap": g.point, "low": g.low, "high": g.high,
-                                    "verdict": g.verdict}  # fmt: skip
-            cells.append(f"{g.point:+.2f} [{g.low:+.2f}, {g.high:+.2f}] {g.verdict}")
-        gap_rows.append([f"{row}: with hard negatives minus without", *cells])
+    gap_rows = [
+        gap_row(f"{row}: with hard negatives minus without", counts[f"{row}, {on}"],
+                counts[f"{row}, {off}"], gaps)
+        for row in ROWS
+    ]  # fmt: skip
     seconds = time.perf_counter() - t0
     md = (
         "# ITM's hard negatives (pretrain.itm_hard_negatives) in the toy world\n\n"

@@ -16,13 +16,12 @@ Results: ``benchmarks/results/promu_vs_hvpnet.{json,md}`` (toy-world numbers).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
-from common import markdown_table, write_results
+from common import gap_row, markdown_table, mean_std_rows, write_results
 
 from promu_lib.config import profile_config
-from promu_lib.evidence import paired_gap, read_counts
+from promu_lib.evidence import read_counts
 from promu_lib.jobs import Finetune, Pretrain, run_jobs
 
 DATASETS = ("twitter2015", "twitter2017", "mnre")
@@ -52,25 +51,15 @@ def main() -> None:
         runs[name] = {
             d: [read_counts(jobs[d, s].out_dir(cfg)) for s in args.seeds] for d in DATASETS
         }
-    rows = [
-        [name, *(f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for v in per.values())]
-        for name, per in f1.items()
-    ]
+    rows = mean_std_rows(f1)
     comparisons = [
         ("HVPNeT", "PROMU (fusion + pre-training)"),
         ("HVPNeT", "HVPNeT, no object crops"),
         ("HVPNeT, no object crops", "PROMU (fusion + pre-training)"),
         ("HVPNeT, no object crops", "fusion model, no pre-training"),
     ]
-    gaps, gap_rows = {}, []
-    for a, b in comparisons:
-        cells = []
-        for d in DATASETS:
-            g = paired_gap(runs[a][d], runs[b][d])
-            gaps[f"{a} - {b} @ {d}"] = {"gap": g.point, "low": g.low, "high": g.high,
-                                        "verdict": g.verdict}  # fmt: skip
-            cells.append(f"{g.point:+.2f} [{g.low:+.2f}, {g.high:+.2f}] {g.verdict}")
-        gap_rows.append([f"{a} minus {b}", *cells])
+    gaps: dict[str, dict] = {}
+    gap_rows = [gap_row(f"{a} minus {b}", runs[a], runs[b], gaps) for a, b in comparisons]
     seconds = time.perf_counter() - t0
     md = (
         "# PROMU vs HVPNeT in the toy world: does HVPNeT win through its object crops?\n\n"
