@@ -41,8 +41,9 @@ def ner_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> 
 
     y_true = [list(s) for s in gold]
     y_pred = [list(s) for s in pred]
-    # the per-type and micro rows of seqeval's classification_report, in two passes where the
-    # report and precision/recall/f1_score take seven (the report's micro row is the same sum)
+    # the per-type and micro rows of seqeval's classification_report: two scoring passes and
+    # one listing of the types (the report's own row names), where the report plus
+    # precision/recall/f1_score take seven scoring passes (its micro row is the same sum)
     kw = {"zero_division": 0}
     names = sorted(
         {t for t, _, _ in get_entities(y_true)} | {t for t, _, _ in get_entities(y_pred)}

@@ -414,7 +414,7 @@ def teacher_stage_dir(cfg: Config) -> Path:
     return resolve(stage_dir(cfg, "teacher", "data", *_teacher_sections(cfg), extra=extra))
 
 
-def toy_teacher_data(
+def teacher_data(
     corpus: Corpus, detections: Detections, size: int, batch_size: int, crops: bool = True
 ) -> tuple[list[str], Tensor, list[Tensor]]:
     """What a teacher trains on: the matched pairs' captions, their images and (``crops``,
@@ -464,7 +464,7 @@ def build_teacher(cfg: Config, corpus: Corpus, detections: Detections, progress:
                     size, crops = cfg.data.image_size, False
                 else:
                     size, crops = mc.teacher_image_size, True
-                data = toy_teacher_data(corpus, detections, size, mc.batch_size, crops)
+                data = teacher_data(corpus, detections, size, mc.batch_size, crops)
                 return _train_teacher(cfg, *data, tdir, progress)
     _say(progress, f"{mc.teacher} teacher cached in {tdir}")
     if mc.teacher == "dual":
