@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from promu_lib.config import TextEncoderConfig
-from promu_lib.models.dropout import FastDropout, fast_dropout
 
 # (keys, values), each (B, num_heads, P, head_dim); None = no prefix at that layer
 Prefix = tuple[Tensor, Tensor]
@@ -117,7 +116,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(cfg.max_position, cfg.hidden_size)
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.drop = FastDropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
         self.max_position = cfg.max_position
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
@@ -135,30 +134,6 @@ class Embeddings(nn.Module):
         else:
             x = x + self.token_type(token_type_ids)
         return self.drop(self.norm(x))
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float = 0.0) -> Tensor:
-    """softmax(q k^T / sqrt(d) + mask) v: q (B, nh, L, hd), k/v (B, nh, S, hd), mask (B, 1, 1, S)
-    bool (True = attend) -> (B, nh, L, hd).
-
-    ``F.scaled_dot_product_attention`` on GPU (its fused kernels). On CPU, at the toy shapes
-    (head_dim 16, < 100 keys), one ``baddbmm`` (scores with the mask added), a softmax and one
-    ``bmm`` take ~0.8x the time of torch's fused CPU kernel, forward and backward
-    (``benchmarks/results/throughput.md``); equal within float tolerance (tests/test_encoder.py).
-    """
-    if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    B, nh, L, hd = q.shape
-    S = k.shape[2]
-    bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
-    scores = torch.baddbmm(
-        bias.expand(B, nh, L, S).reshape(B * nh, L, S),
-        q.reshape(B * nh, L, hd),
-        k.reshape(B * nh, S, hd).transpose(1, 2),
-        alpha=1.0 / math.sqrt(hd),
-    )
-    probs = fast_dropout(scores.softmax(dim=-1), dropout_p, dropout_p > 0)
-    return torch.bmm(probs, v.reshape(B * nh, S, hd)).view(B, nh, L, hd)
 
 
 class SelfAttention(nn.Module):
@@ -198,7 +173,7 @@ class SelfAttention(nn.Module):
             y = F.dropout(probs, p_drop, self.training) @ v
         else:
             probs = None
-            y = attention(q, k, v, bias, p_drop)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop)
         y = y.transpose(1, 2).reshape(B, L, H)
         if packing is not None:
             y = packing.pack(y)
@@ -215,7 +190,7 @@ class Block(nn.Module):
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.drop = FastDropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
         self.act = _ACTIVATIONS[cfg.hidden_act]
 
     def forward(

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from promu_lib.config import FusionConfig
-from promu_lib.models.dropout import FastDropout
 from promu_lib.models.encoder import BertEncoder, TransformerStack, init_bert_weights
 from promu_lib.models.vision import VisionEncoder
 
@@ -49,7 +48,7 @@ class FusionEncoder(nn.Module):
         self.image_in = nn.Linear(Dv, H) if Dv != H else nn.Identity()
         self.type_embed = nn.Embedding(2, H)  # 0 = text token, 1 = image token
         self.norm = nn.LayerNorm(H, eps=text.cfg.layer_norm_eps)
-        self.drop = FastDropout(text.cfg.dropout)
+        self.drop = nn.Dropout(text.cfg.dropout)
         self.fusion = TransformerStack(dataclasses.replace(text.cfg, num_layers=cfg.num_layers))
         self.proj_t = nn.Linear(H, cfg.projection_dim)  # Eq. 4 proj_t
         self.proj_v = nn.Linear(Dv, cfg.projection_dim)  # Eq. 4 proj_v

@@ -11,8 +11,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchcrf import CRF
 
-from promu_lib.models.dropout import FastDropout
-
 
 def gather_positions(states: Tensor, index: Tensor) -> Tensor:
     """states (B, L, H), index (B, ...) positions -> (B, ..., H)."""
@@ -35,7 +33,7 @@ class CrfTagger(nn.Module):
 
     def __init__(self, hidden_size: int, num_tags: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.drop = FastDropout(dropout)
+        self.drop = nn.Dropout(dropout)
         self.emit = nn.Linear(hidden_size, num_tags)
         self.crf = CRF(num_tags, batch_first=True)
 
@@ -73,7 +71,7 @@ class MarkerClassifier(nn.Module):
 
     def __init__(self, hidden_size: int, num_relations: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.drop = FastDropout(dropout)
+        self.drop = nn.Dropout(dropout)
         self.classify = nn.Linear(2 * hidden_size, num_relations)
 
     def forward(self, states: Tensor, head_start: Tensor, tail_start: Tensor) -> Tensor:

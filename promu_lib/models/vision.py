@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 from promu_lib.config import VisionEncoderConfig
 from promu_lib.errors import MissingAssetError
-from promu_lib.models.dropout import use_fast_dropout
 from promu_lib.paths import resolve
 
 
@@ -50,7 +49,7 @@ def build_vision_encoder(cfg: VisionEncoderConfig) -> VisionEncoder:
             proj_drop_rate=cfg.dropout,
             attn_drop_rate=cfg.attention_dropout,
         )
-        return VisionEncoder(use_fast_dropout(vit))
+        return VisionEncoder(vit)
     how = (
         f"Save the weights of timm model {cfg.pretrained!r} to a local file (on a machine with "
         "internet: timm.create_model(name, pretrained=True), then safetensors.torch.save_file("
@@ -71,7 +70,7 @@ def build_vision_encoder(cfg: VisionEncoderConfig) -> VisionEncoder:
         proj_drop_rate=cfg.dropout,
         attn_drop_rate=cfg.attention_dropout,
     )
-    return VisionEncoder(use_fast_dropout(vit))
+    return VisionEncoder(vit)
 
 
 def patches_in_box(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
