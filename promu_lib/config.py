@@ -252,6 +252,13 @@ class FinetuneConfig:
     weight_decay: float = 1e-3
     warmup_ratio: float = 0.06
     patience: int = 3  # early stop after this many epochs without dev F1 gain
+    # The learning rate after the warm-up. "linear": warm-up over warmup_ratio of all steps,
+    # then linear decay to 0 at the last epoch, so the last epochs are forced onto a plateau
+    # (the papers' recipes). "constant": warm-up over warmup_epochs, then the peak lr until
+    # early stopping ends the run: `epochs` is then a cap, and a run's curve does not depend on
+    # it (README, "Fine-tuning schedule: the stop rule").
+    schedule: str = "linear"
+    warmup_epochs: float = 1.0  # the "constant" schedule's warm-up
     grad_clip: float = 1.0
     num_workers: int = 0
     bf16: bool = False
@@ -553,8 +560,13 @@ def recipe_of(cfg: Config, model: str) -> str:
         "head lr": lambda f, t: f"{head_lr_of(f, t):g}",
         "batch": lambda f, t: str(f.batch_size),
         "wd": lambda f, t: f"{f.weight_decay:g}",
-        "warm-up": lambda f, t: f"{f.warmup_ratio:g}",
-        "epochs": lambda f, t: str(f.epochs),
+        "warm-up": lambda f, t: (
+            f"{f.warmup_ratio:g}" if f.schedule == "linear" else f"{f.warmup_epochs:g} epoch"
+        ),
+        "lr after warm-up": lambda f, t: (
+            "linear decay to 0" if f.schedule == "linear" else "constant"
+        ),
+        "epochs": lambda f, t: str(f.epochs) if f.schedule == "linear" else f"≤ {f.epochs}",
         "early stop": lambda f, t: "none" if f.patience >= f.epochs else f"after {f.patience}",
         "grad clip": lambda f, t: f"{f.grad_clip:g}" if f.grad_clip > 0 else "none",
     }
@@ -722,6 +734,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mining.teacher": ("toy", "dual", "clip"),
     "mining.relation_set": ("mnre", "wikidata"),
     "fusion.init": ("random", "text-layers"),
+    "finetune.schedule": ("linear", "constant"),
     "scope.datasets": ALL_DATASETS,
     "scope.table3_datasets": ALL_DATASETS,
     "scope.hvpnet_datasets": ALL_DATASETS,
@@ -807,6 +820,7 @@ RANGES: dict[str, Range] = {
     "finetune.*lr": POSITIVE,
     "finetune.weight_decay": AT_LEAST_0,
     "finetune.warmup_ratio": SHARE,
+    "finetune.warmup_epochs": AT_LEAST_0,
     "finetune.patience": AT_LEAST_1,
     "finetune.grad_clip": AT_LEAST_0,  # 0 = no clipping
     "finetune.num_workers": AT_LEAST_0,

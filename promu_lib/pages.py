@@ -226,9 +226,15 @@ def _verdict(row: dict[str, str]) -> str:
     interval = ""
     if row.get("ci_low") and row.get("ci_high"):
         interval = f" [{float(row['ci_low']):+.2f}, {float(row['ci_high']):+.2f}]"
+    reach = ""
+    if row.get("half_width"):
+        reach = f"<br><small>detects ±{float(row['half_width']):.2f}"
+        if row.get("seeds_needed"):
+            reach += f"; seeds to decide: {html.escape(row['seeds_needed'])}"
+        reach += "</small>"
     return (
         f"<span class='{css}'>{html.escape(verdict)}</span><br>"
-        f"<small>{float(row['gap']):+.2f}{interval}</small>"
+        f"<small>{float(row['gap']):+.2f}{interval}</small>{reach}"
     )
 
 
@@ -259,7 +265,9 @@ def claims_section(figures: Path) -> str:
     return (
         "<h2>The papers' claims on this run</h2>"
         f"<p>{len(rows)} checks: {summary}. Each cell: the verdict, then the measured gap and "
-        "its 95% interval (<code>claims.md</code> in the figures directory names each "
+        "its 95% interval, then the smallest gap the run could detect (the interval's "
+        "half-width: an inconclusive claim means no gap beyond it) and, when inconclusive, "
+        "how many seeds would decide the observed gap (<code>claims.md</code> in the figures directory names each "
         "statistic and how its interval is computed).</p>"
         f"<div class='scroll'><table><tr><th>claim</th>{head}</tr>{''.join(body)}</table></div>"
     )

@@ -765,10 +765,12 @@ def test_config_choices_are_the_modules_choices():
     from promu_lib.models.builders import FUSION_INITS
     from promu_lib.models.hvpnet import LAYOUTS, VARIANTS
     from promu_lib.models.pyramid import BACKBONES
+    from promu_lib.train.common import SCHEDULES
 
     assert CHOICES["mining.relation_set"] == RELATION_SETS
     assert CHOICES["mining.teacher"] == TEACHERS
     assert CHOICES["fusion.init"] == FUSION_INITS
+    assert CHOICES["finetune.schedule"] == SCHEDULES
     assert CHOICES["data.on_bad_record"] == ON_BAD
     assert CHOICES["data.on_missing_image"] == ON_MISSING
     assert CHOICES["data.image_transform"] == IMAGE_TRANSFORMS

@@ -207,8 +207,10 @@ def test_the_plan_is_each_studys_jobs():
         expected
     )
     assert Finetune("mnre", "hvpnet-single") in jobs["hvpnet"]
-    templates = {j.init for j in jobs["table3"]}
-    assert len(templates) == 6 and Pretrain("promu") in templates  # 2 x 3 prompt pairs
+    templates = {j.init for j in jobs["table3"]}  # 2 x 3 prompt pairs, one per seed each
+    assert len(templates) == 6 * len(seeds) and Pretrain("promu", seed=seeds[-1]) in templates
+    # seed s of a pre-trained row starts from the pre-training of seed s
+    assert all(j.init.seed == j.seed for j in expected if isinstance(j.init, Pretrain))
     every = pipeline.jobs_of(cfg, pipeline.stage_names())
     assert len(every) == len(set(every))
     assert pipeline.jobs_of(cfg, ["data", "llm"]) == []

@@ -41,10 +41,14 @@ def _metrics(f1, p=None, r=None, per=None, dev=None, history=None, task="ner"):
     test = {"precision": p if p is not None else f1, "recall": r if r is not None else f1, "f1": f1}
     key = "per_type" if task == "ner" else "per_relation"
     test[key] = {k: {"p": v, "r": v, "f1": v, "support": s} for k, (v, s) in (per or {}).items()}
+    history = history or [{"epoch": 0, "dev_f1": f1}]
     return {
         "test": test,
         "dev": {"f1": f1 if dev is None else dev},
-        "history": history or [{"epoch": 0, "dev_f1": f1}],
+        "history": history,
+        "best_epoch": 0,
+        "epochs_run": len(history),
+        "stopped_by": "patience",
     }
 
 
@@ -331,6 +335,22 @@ def test_finetune_summary_and_curves(cfg):
     plt.close(fig)
     bars = plots.table_bars(t, ["mnre"])
     plt.close(bars)
+
+
+def test_finetune_convergence_counts_where_runs_stopped(cfg):
+    row = table1.ROWS[0]
+    stops = [(4, 10, "patience"), (7, 13, "patience"), (11, 12, "cap")]  # best epoch, run, why
+    results = {
+        row.job("mnre", s): {**_metrics(5.0), "best_epoch": b, "epochs_run": n, "stopped_by": why}
+        for s, (b, n, why) in enumerate(stops)
+    }
+    t = finetune_study.finetune_convergence(cfg.replace(**{"run.seeds": [0, 1, 2]}),
+                                            table1.ROWS[:2], results, ["mnre"])  # fmt: skip
+    cells = t.rows[0].cells
+    assert cells["mnre best epoch"].values == (8.0,)  # epochs 5, 8, 12 counted from 1
+    assert cells["mnre epochs run"].values == (12.0,)
+    assert cells["mnre % by patience"].values == (pytest.approx(200 / 3),)
+    assert t.rows[1].cells["mnre epochs run"].reason == common.NOT_RUN
 
 
 # -- Fig 3 / Fig 5 numbers ------------------------------------------------------------------------

@@ -294,11 +294,53 @@ def test_early_stopping_patience_and_state():
     again = EarlyStopping.from_state(json.loads(json.dumps(stop.state_dict())))
     assert again == stop
     assert EarlyStopping.from_state(EarlyStopping(3).state_dict()).best == float("-inf")
+    slow = EarlyStopping(patience=2)  # dev F1 0 until it takes off: not a plateau
+    for epoch in range(6):
+        slow.update(0.0, epoch)
+    assert not slow.should_stop and slow.best_epoch == 0
+    assert slow.update(12.0, 6) and not slow.update(0.0, 7) and not slow.update(11.0, 8)
+    assert slow.should_stop and slow.best_epoch == 6
+
+
+def test_constant_schedule_warms_up_then_holds_the_peak_whatever_the_cap():
+    """The stop rule's schedule: the lr after warm-up does not depend on the cap (total
+    steps), so a run's curve up to epoch e is the same under any cap >= e."""
+    lrs = {}
+    for total in (20, 200):
+        opt = build_optimizer(nn.Linear(2, 2).parameters(), 1e-2)
+        sched = build_scheduler(opt, total, 0.5, "constant", warmup_steps=4)
+        lrs[total] = []
+        for _ in range(12):
+            lrs[total].append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+    assert lrs[20] == lrs[200]
+    assert lrs[20][:5] == pytest.approx([0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2])
+    assert lrs[20][4:] == pytest.approx([1e-2] * 8)
+    opt = build_optimizer(nn.Linear(2, 2).parameters(), 1e-2)
+    with pytest.raises(ValueError, match="linear, constant"):
+        build_scheduler(opt, 10, 0.1, "cosine")
 
 
 # =============================================================================================
 # finetune.py
 # =============================================================================================
+
+
+@pytest.mark.slow
+def test_finetune_records_what_stopped_it(data_root, tmp_path, tiny_model):
+    """patience < cap on posts it learns at once: early stopping ends the run before the cap
+    ("patience"); patience >= cap: every epoch runs ("cap")."""
+    cfg = tiny_cfg(data_root, **{"finetune.schedule": "constant", "finetune.warmup_epochs": 0.5})
+    early = ft.finetune(cfg.replace(**{"finetune.patience": 2}), "mnre", "bert", seed=0,
+                        out_dir=tmp_path / "early")  # fmt: skip
+    assert early["stopped_by"] == "patience"
+    assert early["epochs_run"] == early["best_epoch"] + 3 < 12, early["history"]
+    full = ft.finetune(cfg.replace(**{"finetune.epochs": 3}), "mnre", "bert", seed=0,
+                       out_dir=tmp_path / "full")  # fmt: skip
+    assert full["stopped_by"] == "cap" and full["epochs_run"] == 3
+    # the same curve up to epoch 3 under either cap: the constant schedule ignores the cap
+    assert [h["dev_f1"] for h in full["history"]] == [h["dev_f1"] for h in early["history"][:3]]
 
 
 @pytest.mark.slow

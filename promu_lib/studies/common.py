@@ -27,7 +27,9 @@ class Row:
     paper: dict[str, str] = field(default_factory=dict)  # dataset -> key in the paper's table
 
     def job(self, dataset: str, seed: int, **kw: Any) -> Finetune:
-        init = Pretrain(self.pretrain) if self.pretrain else None
+        """Seed ``seed`` of this row; a pre-trained row starts from its own pre-training with
+        the same seed, so the row's spread covers the pre-training's variance too."""
+        init = Pretrain(self.pretrain, seed=seed) if self.pretrain else None
         return Finetune(dataset, self.model, init=init, seed=seed, **kw)
 
 
@@ -227,10 +229,11 @@ def scratch_job(dataset: str, seed: int, train_fraction: float = 1.0) -> Finetun
 
 
 def promu_job(dataset: str, seed: int, train_fraction: float = 1.0) -> Finetune:
-    """The fusion model fine-tuned from PROMU pre-training."""
+    """The fusion model fine-tuned from PROMU pre-training (of the same seed)."""
     return Finetune(
-        dataset, "promu", init=Pretrain("promu"), seed=seed, train_fraction=train_fraction
-    )
+        dataset, "promu", init=Pretrain("promu", seed=seed), seed=seed,
+        train_fraction=train_fraction,
+    )  # fmt: skip
 
 
 def scratch_vs_promu_jobs(datasets: Sequence[str], seeds: Sequence[int]) -> list[Finetune]:

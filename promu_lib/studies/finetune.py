@@ -8,6 +8,7 @@ the same schedule, keeps the epoch with the best dev F1 and is tested once at th
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from promu_lib.studies.common import NOT_RUN, Outputs, Results, Row, in_scope, p
 NOTEBOOK = "03_finetune.ipynb"
 TITLE = "Fine-tuning: every Table 1 model on every dataset"
 READER = False
-TABLES = ("finetune_summary",)
+TABLES = ("finetune_summary", "finetune_convergence")
 FIGURES = ("finetune_curves",)
 ROWS = table1.ROWS
+CONVERGENCE = ("best epoch", "epochs run", "% by patience")
 
 
 def jobs(cfg: Config, datasets: Sequence[str] | None = None) -> list[Finetune]:
@@ -50,10 +52,39 @@ def finetune_summary(
     return table
 
 
+def finetune_convergence(
+    cfg: Config, rows: Sequence[Row], results: Results, datasets: Sequence[str]
+) -> Table:
+    """Per row and dataset, over its seeds: the median best epoch (counted from 1), the
+    median epochs run, and the share of runs that early stopping ended before the cap (the
+    stop rule of the README's "Training schedules": it wants >= 90% on every dataset)."""
+    columns = [f"{d} {q}" for d in datasets for q in CONVERGENCE]
+    table = Table.for_config(
+        cfg, "finetune_convergence", columns, with_paper=False, digits=1, show_n=False,
+        title="Fine-tuning convergence: median best epoch, median epochs run, and % of runs "
+        "stopped by patience (not by the cap), per model and dataset",
+    )  # fmt: skip
+    for row in rows:
+        measured, reasons = {}, {}
+        for d in datasets:
+            done = [results[j] for j in (row.job(d, s) for s in seeds_of(cfg)) if results.get(j)]
+            if not done:
+                reasons.update({f"{d} {q}": NOT_RUN for q in CONVERGENCE})
+                continue
+            measured[f"{d} best epoch"] = statistics.median(m["best_epoch"] + 1 for m in done)
+            measured[f"{d} epochs run"] = statistics.median(m["epochs_run"] for m in done)
+            measured[f"{d} % by patience"] = 100.0 * statistics.mean(
+                m.get("stopped_by") == "patience" for m in done
+            )
+        table.add_row(row.name, measured, reasons=reasons)
+    return table
+
+
 def run(
     cfg: Config, results: Results, out_dir: str | Path, datasets: Sequence[str] | None = None
 ) -> Outputs:
-    """One summary line per job, the best-dev table and the dev curves of the first seed."""
+    """One summary line per job, the best-dev table, where the runs stopped, and the dev
+    curves of the first seed."""
     from promu_lib import plots
     from promu_lib.train.finetune import summarize
 
@@ -61,6 +92,7 @@ def run(
     out = Outputs.start(cfg, out_dir)
     out.lines = [summarize(results[job]) for job in jobs(cfg, datasets)]
     out.table(finetune_summary(cfg, ROWS, results, datasets))
+    out.table(finetune_convergence(cfg, ROWS, results, datasets))
     fig = plots.dev_curves_figure(results, ROWS, datasets, seed=cfg.run.seeds[0])
     out.figure(fig, "finetune_curves")
     return out

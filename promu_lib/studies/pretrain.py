@@ -1,7 +1,8 @@
 """Pre-training: the fusion encoder with ITM, CIT, COE and CIR (PROMU Eq. 11), per variant.
 
 Each variant of ``promu_lib.jobs.PRETRAIN_VARIANTS`` switches losses off or hardens the
-labels; the fine-tuning studies start from these checkpoints (Table 1's ablations, Table 2).
+labels; the fine-tuning studies start from these checkpoints (Table 1's ablations, Table 2),
+fine-tuning seed s from the pre-training of seed s. This stage shows seed 0's runs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ VARIANTS: tuple[str, ...] = ("promu", "no-coe", "no-cir", "hard", "align-only") 
 
 
 def jobs(cfg: Config, variants: Sequence[str] | None = None) -> list[Pretrain]:
-    """One pre-training per variant (default: those of Table 1's rows)."""
+    """One pre-training per variant (default: those of Table 1's rows), seed 0; the other
+    seeds' pre-trainings are the fine-tuning stages' dependencies."""
     return [Pretrain(v) for v in (VARIANTS if variants is None else variants)]
 
 

@@ -51,7 +51,7 @@ def template_pairs() -> list[tuple[str, int, int]]:
 
 
 def template_job(dataset: str, seed: int, entity: int, relation: int) -> Finetune:
-    init = Pretrain("promu", entity_template=entity, relation_template=relation)
+    init = Pretrain("promu", entity_template=entity, relation_template=relation, seed=seed)
     return Finetune(dataset, "promu", init=init, seed=seed)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from promu_lib.errors import CheckpointError, MissingAssetError, PromuError
 from promu_lib.io import atomic_write_bytes, atomic_write_json
@@ -104,10 +104,23 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
+SCHEDULES: tuple[str, ...] = ("linear", "constant")  # finetune.schedule
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_ratio: float,
+    schedule: str = "linear",
+    warmup_steps: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_ratio * total_steps`` steps, then linear decay to 0."""
+    """``linear``: linear warm-up over ``warmup_ratio * total_steps`` steps, then linear decay
+    to 0 at ``total_steps``. ``constant``: linear warm-up over ``warmup_steps``, then the peak
+    lr until the end, so the curve does not depend on ``total_steps`` (a cap, not a plan)."""
+    if schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup_steps or 0)
+    if schedule != "linear":
+        raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
     warmup = int(math.ceil(warmup_ratio * total_steps))
     return get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
 
@@ -319,7 +332,11 @@ def check_finite(loss: torch.Tensor, step: int, ids: Sequence[str]) -> None:
 
 @dataclass
 class EarlyStopping:
-    """Stop after ``patience`` evaluations without a strict gain of the monitored value."""
+    """Stop after ``patience`` evaluations without a strict gain of the monitored value.
+
+    Evaluations at 0 while the best is still 0 do not count: a run that has not yet got
+    anything right (an MRE model still predicting only ``None``) has not started learning,
+    and stopping it there would measure how fast it takes off, not where it ends."""
 
     patience: int
     best: float = -math.inf
@@ -331,7 +348,8 @@ class EarlyStopping:
         if value > self.best:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             return True
-        self.bad_epochs += 1
+        if not (value <= 0.0 and self.best <= 0.0):
+            self.bad_epochs += 1
         return False
 
     @property

@@ -26,6 +26,7 @@ to turn its outputs into prediction rows and scores.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -320,12 +321,18 @@ def _start_or_resume(
     clock: float,
 ) -> _Training:
     """AdamW (encoder ``lr``; head: ``head_lr`` for MNER, ``re_head_lr`` or the encoder's
-    ``lr`` for MRE: ``config.head_lr_of``) under the linear schedule; restored with the RNG
+    ``lr`` for MRE: ``config.head_lr_of``) under ``f.schedule``; restored with the RNG
     states from ``ckpt`` when an earlier run left a checkpoint there."""
     groups = net.param_groups(f.lr, head_lr_of(f, task), f.weight_decay)
     optimizer = build_optimizer(groups, f.lr)
     steps_per_epoch = len(loaders["train"])
-    scheduler = build_scheduler(optimizer, f.epochs * steps_per_epoch, f.warmup_ratio)
+    scheduler = build_scheduler(
+        optimizer,
+        f.epochs * steps_per_epoch,
+        f.warmup_ratio,
+        f.schedule,
+        warmup_steps=math.ceil(f.warmup_epochs * steps_per_epoch),
+    )
     state: dict[str, Any] = {
         "epoch": 0,
         "history": [],
@@ -443,6 +450,8 @@ def _test_and_report(
         "test": test["metrics"],
         "best_epoch": tr.stopper.best_epoch,
         "epochs_run": len(state["history"]),
+        # what ended the run: early stopping, or the last epoch (the cap) reached first
+        "stopped_by": "patience" if tr.stopper.should_stop else "cap",
         "steps": tr.step,
         "seconds": seconds,
         "device": str(device),
