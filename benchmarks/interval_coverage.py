@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import time
 
 import numpy as np
@@ -46,19 +45,11 @@ def job(dataset: str, row: str, seed: int) -> Finetune:
 def percentile_interval(
     better: list[evidence.Counts], worse: list[evidence.Counts], n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
-    """6a4d18a's interval: each replicate resamples the seeds and the test posts; the 2.5th
-    and 97.5th percentiles of the replicates' mean gap."""
-    classes = sorted({c for r in [*better, *worse] for c in r.classes})
-    b = np.stack([r.on(classes).array for r in better]).astype(np.float64)
-    w = np.stack([r.on(classes).array for r in worse]).astype(np.float64)
-    k, n = b.shape[0], b.shape[1]
-    rng = np.random.default_rng(seed)
-    weights = np.zeros((n_boot, n))
-    np.add.at(weights, (np.repeat(np.arange(n_boot), n), rng.integers(0, n, n_boot * n)), 1.0)
-    per_seed = evidence.f1_gap(
-        np.einsum("rn,knct->rkct", weights, b), np.einsum("rn,knct->rkct", weights, w)
-    )
-    picks = rng.integers(0, k, (n_boot, k))
+    """6a4d18a's interval: each replicate resamples the test posts (as the claims' interval
+    does) and the seeds; the 2.5th and 97.5th percentiles of the replicates' mean gap."""
+    _, per_seed = evidence.per_seed_gaps(better, worse, n_boot=n_boot, seed=seed)
+    k = per_seed.shape[1]
+    picks = np.random.default_rng(seed + 1).integers(0, k, (n_boot, k))
     replicates = np.take_along_axis(per_seed, picks, 1).mean(1)
     low, high = np.quantile(replicates, [0.025, 0.975])
     return float(low), float(high)
@@ -67,7 +58,7 @@ def percentile_interval(
 def t_on_seeds(better: list[evidence.Counts], worse: list[evidence.Counts]) -> tuple[float, float]:
     from scipy import stats
 
-    gaps = [float(evidence.f1_gap(b.array.sum(0), w.array.sum(0))) for b, w in zip(better, worse)]
+    gaps, _ = evidence.per_seed_gaps(better, worse, n_boot=0)
     ci = stats.ttest_1samp(gaps, 0.0).confidence_interval(0.95)
     return float(ci.low), float(ci.high)
 
@@ -93,11 +84,10 @@ def main() -> None:
         for better, worse in CLAIMS:
             b_all = [counts[d, better, s] for s in args.seeds]
             w_all = [counts[d, worse, s] for s in args.seeds]
-            per_seed = [float(evidence.f1_gap(b.array.sum(0), w.array.sum(0)))
-                        for b, w in zip(b_all, w_all)]  # fmt: skip
-            true_gap = statistics.mean(per_seed)
+            per_seed, _ = evidence.per_seed_gaps(b_all, w_all, n_boot=0)
+            true_gap = float(np.mean(per_seed))
             truth[f"{better} - {worse} @ {d}"] = true_gap
-            spreads[f"{better} - {worse} @ {d}"] = statistics.stdev(per_seed)
+            spreads[f"{better} - {worse} @ {d}"] = float(np.std(per_seed, ddof=1))
             for sub in subsets:
                 b = [counts[d, better, s] for s in sub]
                 w = [counts[d, worse, s] for s in sub]

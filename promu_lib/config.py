@@ -258,7 +258,7 @@ class FinetuneConfig:
     # then linear decay to 0 at the last epoch, so the last epochs are forced onto a plateau
     # (the papers' recipes). "constant": warm-up over warmup_epochs, then the peak lr until
     # early stopping ends the run: `epochs` is then a cap, and a run's curve does not depend on
-    # it (README, "Fine-tuning schedule: the stop rule").
+    # it (README, "Training schedules").
     schedule: str = "linear"
     warmup_epochs: float = 1.0  # the "constant" schedule's warm-up
     grad_clip: float = 1.0
