@@ -55,6 +55,7 @@ from promu_lib.errors import DataError, MissingAssetError
 from promu_lib.io import atomic_write_bytes, atomic_write_json
 from promu_lib.locks import dir_lock
 from promu_lib.paths import resolve
+from promu_lib.train.common import one_cpu_thread
 
 if TYPE_CHECKING:
     from promu_lib.teacher import Teacher
@@ -569,7 +570,8 @@ def mine_labels(cfg: Config, progress: bool = True) -> Path:
     if not is_done(out):
         with dir_lock(out, "label mining"):
             if not is_done(out):
-                return _mine(cfg, out, progress)
+                with one_cpu_thread(cfg.run.device):
+                    return _mine(cfg, out, progress)
     _say(progress, f"cached: {out}")
     return out
 

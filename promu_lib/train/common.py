@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,28 @@ def pick_device(name: str = "auto") -> torch.device:
             "a CUDA GPU", ["torch.cuda.is_available()"], "Set run.device=auto or run.device=cpu."
         )
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: str = "auto") -> Iterator[None]:
+    """Train on one torch thread when the work runs on the CPU, whoever calls.
+
+    CPU float sums depend on how many threads split them, so a result cached by its config
+    hash must not depend on its caller: a worker of the jobs pass has one thread, a notebook
+    kernel or ``promu finetune`` one per core. (Measured: the toy teacher's pseudo-labels
+    differed between 1 and 2 threads, so a default run's tables depended on whether its labels
+    were mined by the mining stage or by the jobs pass.) One thread is also what the jobs pass
+    found fastest per core for models this small. On a GPU it changes nothing.
+    """
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

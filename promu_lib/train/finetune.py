@@ -59,6 +59,7 @@ from promu_lib.train.common import (
     checkpoint_exists,
     load_checkpoint,
     load_weights,
+    one_cpu_thread,
     pick_device,
     save_checkpoint,
     save_weights,
@@ -171,7 +172,8 @@ def finetune(
     if not is_done(run.out):
         with dir_lock(run.out, "fine-tuning"):
             if not is_done(run.out):
-                return _train_run(cfg, run)
+                with one_cpu_thread(cfg.run.device):
+                    return _train_run(cfg, run)
     return json.loads((run.out / "metrics.json").read_text(encoding="utf-8"))
 
 

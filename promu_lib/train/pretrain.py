@@ -46,6 +46,7 @@ from promu_lib.train.common import (
     check_finite,
     checkpoint_exists,
     load_checkpoint,
+    one_cpu_thread,
     pick_device,
     save_checkpoint,
     save_weights,
@@ -94,7 +95,8 @@ def pretrain(
         alone = int(os.environ.get("WORLD_SIZE", "1")) <= 1
         with dir_lock(out, "pre-training", enabled=alone):
             if not is_done(out):
-                _pretrain(cfg, seed, out, progress_bar)
+                with one_cpu_thread(cfg.run.device):
+                    _pretrain(cfg, seed, out, progress_bar)
     return out
 
 
