@@ -758,7 +758,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(name, w, tmp_path, capsys):
 
 
 def test_config_choices_are_the_modules_choices():
-    from promu_lib.data.datasets import IMAGE_TRANSFORMS
+    from promu_lib.data.datasets import IMAGE_TRANSFORMS, OBJECTS
     from promu_lib.data.formats import ON_BAD
     from promu_lib.data.images import ON_MISSING
     from promu_lib.mining import RELATION_SETS, TEACHERS
@@ -774,6 +774,7 @@ def test_config_choices_are_the_modules_choices():
     assert CHOICES["data.on_bad_record"] == ON_BAD
     assert CHOICES["data.on_missing_image"] == ON_MISSING
     assert CHOICES["data.image_transform"] == IMAGE_TRANSFORMS
+    assert CHOICES["data.objects"] == OBJECTS
     assert CHOICES["hvpnet.variant"] == VARIANTS and CHOICES["hvpnet.layout"] == LAYOUTS
     assert CHOICES["hvpnet.backbone"] == BACKBONES
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from worlds import toy_cfg, world
 
 from promu_lib.cli import main
 from promu_lib.data.check import check_data
@@ -22,7 +23,6 @@ from promu_lib.data.layout import DataLayout
 from promu_lib.data.records import Box
 from promu_lib.data.toyworld import build_toy_world
 from promu_lib.errors import DataError
-from tests.worlds import toy_cfg, world
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -59,6 +59,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_MODES = ("true", "blank", "shuffled")  # robustness study: real, no image, another post's
 IMAGE_TRANSFORMS = ("resize", "resize-crop")
+OBJECTS = ("boxes", "crops")  # data.objects: crops cut at detector boxes, or crop image files
 
 # =============================================================================================
 # Text

@@ -234,14 +234,7 @@ def detect_dataset(
                 boxes, skipped = _detect_shard(
                     detector, shard, batch_size, max_det, on_missing, bar
                 )
-                atomic_write_json(
-                    _shard_file(parts, k),
-                    {
-                        "boxes": {key: [b.as_list() for b in v] for key, v in boxes.items()},
-                        "skipped": skipped,
-                    },  # fmt: skip
-                    indent=None,
-                )
+                _write_shard(parts, k, manifest, boxes, skipped)
     finally:
         bar.close()
     merged: dict[str, list[Box]] = {}
@@ -251,7 +244,7 @@ def detect_dataset(
             merged[key] = [Box(*row) for row in rows]
         summary.skipped_images += shard["skipped"]
     write_boxes(out, merged)
-    shutil.rmtree(parts)
+    shutil.rmtree(parts, ignore_errors=True)  # none when there were no images
     summary.images = len(merged)
     summary.boxes = sum(map(len, merged.values()))
     summary.histogram = histogram([len(v) for v in merged.values()])
@@ -266,18 +259,22 @@ def _shard_file(parts: Path, k: int) -> Path:
 
 
 def _prepare_parts(parts: Path, manifest: dict) -> None:
-    """Keep the partial files of an earlier run with the same manifest; discard any other."""
-    path = parts / MANIFEST
+    """Keep the partial files of an earlier run with the same manifest; discard any other.
+    The directory itself appears with the first shard (:func:`_write_shard`)."""
     if parts.is_dir():
         try:
-            same = json.loads(path.read_text(encoding="utf-8")) == manifest
+            same = json.loads((parts / MANIFEST).read_text(encoding="utf-8")) == manifest
         except (OSError, ValueError):
             same = False
-        if same:
-            return
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True)
-    atomic_write_json(path, manifest)
+        if not same:
+            shutil.rmtree(parts)
+
+
+def _write_shard(parts: Path, k: int, manifest: dict, boxes: dict, skipped: list) -> None:
+    if not (parts / MANIFEST).is_file():
+        atomic_write_json(parts / MANIFEST, manifest)
+    rows = {key: [b.as_list() for b in v] for key, v in boxes.items()}
+    atomic_write_json(_shard_file(parts, k), {"boxes": rows, "skipped": skipped}, indent=None)
 
 
 def _detect_shard(
