@@ -117,7 +117,7 @@ def _detect(args: argparse.Namespace) -> int:
             "Give --yolo-weights PATH.pt or set mining.yolo_weights to a local YOLO .pt file.",
         )
     layout = DataLayout.of(cfg)
-    out_dir = Path(args.out_dir).absolute() if args.out_dir else layout.boxes("x").parent
+    out_dir = Path(args.out_dir).absolute() if args.out_dir else layout.root / cfg.data.boxes_dir
     datasets = tuple(args.dataset or DATASETS)
     outs = {d: out_dir / f"{d}.json" for d in datasets}
     if not args.force and (taken := [str(p) for p in outs.values() if p.exists()]):
