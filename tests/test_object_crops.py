@@ -18,6 +18,7 @@ from worlds import toy_cfg
 import promu_lib.train.finetune as ft
 from promu_lib.cli import main
 from promu_lib.config import ConfigError
+from promu_lib.data.check import check_data
 from promu_lib.data.crops import read_crops
 from promu_lib.data.datasets import collate, load_split, to_pixels
 from promu_lib.data.images import load_image
@@ -129,3 +130,22 @@ def test_models_that_read_boxes_refuse_crops_at_once(release, tmp_path):
 
     check_objects(no_coe)  # without COE, nothing needs a position
     assert not any(s.reads_boxes for s in MODELS.values())  # every built-in model takes crops
+
+
+def test_data_check_reports_each_crops_index(release, tmp_path):
+    layout = DataLayout.of(release)
+    report = check_data(layout, ("mnre",), captions=False)
+    crops = [f for f in report.files if f.kind == "crops"]
+    assert report.ok and [f.name for f in crops] == ["mnre/train", "mnre/dev", "mnre/test"]
+    assert all(f.summary["crops"] > 0 and f.summary["missing_files"] == 0 for f in crops)
+    assert "mnre_dev_crops.json  images" in str(report)
+    index = layout.crops_index("mnre", "test")
+    moved = tmp_path / "index.json"
+    index.rename(moved)
+    try:
+        missing = check_data(layout, ("mnre",), captions=False)
+    finally:
+        moved.rename(index)
+    assert not missing.ok and f"{index} not found (data.objects=crops)" in missing.problems[0]
+    boxes_only = DataLayout(layout.root, release.replace(**{"data.objects": "boxes"}).data)
+    assert check_data(boxes_only, ("mnre",), captions=False).ok  # present: reported, optional
