@@ -209,3 +209,18 @@ def test_yolo_end_to_end_killed_and_resumed_equals_an_uninterrupted_run(yolo_pt,
     assert "resumed:" in again.stdout
     assert (out / "mnre.json").read_bytes() == (whole / "mnre.json").read_bytes()
     assert json.loads((out / "mnre.json").read_text()) and not parts.exists()
+
+
+def test_importing_ultralytics_leaves_pil_open_alone(tmp_path):
+    """ultralytics patches ``Image.open`` to pip-install a HEIF plugin on unidentified files;
+    promu undoes it, so an unreadable image is one DataError and nothing else."""
+    from promu_lib.detect import _import_ultralytics
+
+    _import_ultralytics()
+    import ultralytics.utils.patches as patches
+
+    assert Image.open is not patches.image_open
+    bad = tmp_path / "x.jpg"
+    bad.write_text("<html>404</html>")
+    with pytest.raises(Image.UnidentifiedImageError):
+        Image.open(bad)
