@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image
 
@@ -40,12 +41,20 @@ from promu_lib.data.formats import box_problem, read_mnre, read_twitter, write_b
 from promu_lib.data.images import load_image, safe_join
 from promu_lib.data.layout import SPLITS, DataLayout
 from promu_lib.data.records import Box
-from promu_lib.detect import Detector
 from promu_lib.errors import DataError, MissingAssetError
 from promu_lib.io import atomic_write_json
 from promu_lib.progress import bar_class, bars_enabled, log_stream
 
 MANIFEST = "manifest.json"
+
+
+class Detector(Protocol):
+    """What :func:`detect_dataset` calls (``promu_lib.detect.Detector``, restated here: the data
+    modules import no model): boxes per image, ``keys`` naming the images."""
+
+    def detect(
+        self, images: list[Image.Image], keys: list[str] | None = None
+    ) -> list[list[Box]]: ...
 
 
 @dataclass(frozen=True)
