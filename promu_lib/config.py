@@ -12,6 +12,7 @@ Profiles
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
 import hashlib
@@ -1061,13 +1062,36 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     return atomic_write_text(path, text)
 
 
+# Settings added after runs were cached, whose default does what the code did before them: at
+# that default they are left out of every hash, so adding an option does not retrain what it
+# does not change. Add a key here only with the value that reproduces the older behaviour.
+HASH_NEUTRAL: dict[str, Any] = {
+    "data.objects": "boxes",
+    "data.crops_index": "{dataset}_{split}_crops.json",
+    "detect": dataclasses.asdict(DetectConfig()),
+}
+
+
+def _without_neutral(data: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for key, neutral in HASH_NEUTRAL.items():
+        *path, last = key.split(".")
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node and _to_plain(node[last]) == neutral:
+            del node[last]
+    return data
+
+
 def config_hash(cfg: Config | dict[str, Any], *sections: str, extra: Any = None) -> str:
     """A stable 12-hex-digit hash of the given sections (all if none) plus ``extra``.
 
     Stages hash only the sections they depend on, so that changing the fine-tuning learning
-    rate does not invalidate the cached toy world. Key order and tuple/list form do not matter.
+    rate does not invalidate the cached toy world. Key order and tuple/list form do not matter,
+    and the :data:`HASH_NEUTRAL` settings at their neutral value are left out.
     """
-    data = cfg.to_dict() if isinstance(cfg, Config) else _to_plain(cfg)
+    data = _without_neutral(cfg.to_dict() if isinstance(cfg, Config) else _to_plain(cfg))
     if sections:
         picked = {}
         for s in sections:
