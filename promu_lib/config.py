@@ -12,6 +12,7 @@ Profiles
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
 import hashlib
@@ -99,6 +100,15 @@ class DataConfig:
     max_len: int = 40
     image_size: int = 32  # S: the global image and every object crop become S x S
     max_objects: int = 3  # m: top-m detector boxes by score, zero crops as padding (0 = none)
+    # where fine-tuning takes each post's objects from: "boxes" (crops cut out of the image at
+    # boxes/<dataset>.json, best first; `promu data detect` writes it) or "crops" (crop image
+    # files, e.g. HVPNeT's release, listed per image by the JSON index that `promu data
+    # convert-crops` writes at crops_index; they carry no position, so models that read boxes
+    # and PROMU's COE refuse them)
+    objects: str = "boxes"
+    # the crops index of one split, relative to root ({dataset}: twitter2015 | twitter2017 |
+    # mnre, {split}: train | dev | test); it lies above the crop files (relative paths inside)
+    crops_index: str = "{dataset}_{split}_crops.json"
     # "resize" (plain S x S) or "resize-crop" (shorter side to S*256/224, centre crop S: the
     # reference's Resize 256 -> CenterCrop 224)
     image_transform: str = "resize"
@@ -205,6 +215,19 @@ class MiningConfig:
     teacher_batch_size: int = 64
     teacher_lr: float = 3e-3
     teacher_crops: bool = True  # also train on (object crop, caption of its image) pairs
+
+
+@dataclass
+class DetectConfig:
+    """``promu data detect``: a detector over a dataset's images writes boxes/<dataset>.json
+    (promu_lib.data.detection). The detector is YOLO from ``mining.yolo_weights``."""
+
+    conf: float = 0.25  # confidence threshold (0 keeps every box: random test weights)
+    max_det: int = 10  # boxes kept per image, best first (fine-tuning takes data.max_objects)
+    imgsz: int = 640  # YOLO's input size
+    batch_size: int = 16  # images per detector call
+    shard_size: int = 512  # images per partial file: a killed run resumes from the next shard
+    grid_images: int = 16  # images drawn with their boxes in the sample grid (0 = no grid)
 
 
 @dataclass
@@ -336,6 +359,7 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     hvpnet: HVPNetConfig = field(default_factory=HVPNetConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -738,6 +762,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_bad_record": ("error", "skip"),
     "data.on_missing_image": ("error", "blank"),
     "data.image_transform": ("resize", "resize-crop"),
+    "data.objects": ("boxes", "crops"),
     "hvpnet.backbone": ("tiny-cnn", "resnet50", "efficientnet-lite0", "mobilenet_v2"),
     "hvpnet.variant": ("full", "single", "flat", "1v3", "onlyobj"),
     "hvpnet.layout": ("paper", "reference"),
@@ -806,6 +831,9 @@ RANGES: dict[str, Range] = {
     "hvpnet.n_objects": AT_LEAST_0,
     "hvpnet.image_size": AT_LEAST_1,
     "hvpnet.mid_dim": AT_LEAST_0,  # 0 = Eq. 8's single linear map (no Linear-Tanh)
+    "detect.conf": SHARE,
+    "detect.grid_images": AT_LEAST_0,
+    "detect.*": AT_LEAST_1,  # max_det, imgsz, batch_size, shard_size
     "mining.top_m_nouns": AT_LEAST_1,
     "mining.*_template": AT_LEAST_0,
     "mining.teacher_steps": AT_LEAST_0,
@@ -1035,13 +1063,36 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     return atomic_write_text(path, text)
 
 
+# Settings added after runs were cached, whose default does what the code did before them: at
+# that default they are left out of every hash, so adding an option does not retrain what it
+# does not change. Add a key here only with the value that reproduces the older behaviour.
+HASH_NEUTRAL: dict[str, Any] = {
+    "data.objects": "boxes",
+    "data.crops_index": "{dataset}_{split}_crops.json",
+    "detect": dataclasses.asdict(DetectConfig()),
+}
+
+
+def _without_neutral(data: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for key, neutral in HASH_NEUTRAL.items():
+        *path, last = key.split(".")
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node and _to_plain(node[last]) == neutral:
+            del node[last]
+    return data
+
+
 def config_hash(cfg: Config | dict[str, Any], *sections: str, extra: Any = None) -> str:
     """A stable 12-hex-digit hash of the given sections (all if none) plus ``extra``.
 
     Stages hash only the sections they depend on, so that changing the fine-tuning learning
-    rate does not invalidate the cached toy world. Key order and tuple/list form do not matter.
+    rate does not invalidate the cached toy world. Key order and tuple/list form do not matter,
+    and the :data:`HASH_NEUTRAL` settings at their neutral value are left out.
     """
-    data = cfg.to_dict() if isinstance(cfg, Config) else _to_plain(cfg)
+    data = _without_neutral(cfg.to_dict() if isinstance(cfg, Config) else _to_plain(cfg))
     if sections:
         picked = {}
         for s in sections:

@@ -183,6 +183,18 @@ def _is_cached(job: Pretrain | Finetune, cfg: Config) -> bool:
     return is_done(job.encoder_file(cfg).parent if isinstance(job, Pretrain) else job.out_dir(cfg))
 
 
+def _check_objects(order: Sequence[Pretrain | Finetune], cfg: Config) -> None:
+    """Each job's refusal of ``data.objects=crops`` (COE, models that read boxes), up front."""
+    from promu_lib.models.registry import check_objects, model_spec
+    from promu_lib.train.pretrain import check_objects as check_pretrain
+
+    for job in order:
+        if isinstance(job, Pretrain):
+            check_pretrain(job.config(cfg))
+        else:
+            check_objects(job.config(cfg), model_spec(job.model))
+
+
 def run_jobs(
     cfg: Config,
     jobs: Sequence[Pretrain | Finetune],
@@ -201,6 +213,7 @@ def run_jobs(
     from promu_lib.progress import Progress
 
     order = _with_dependencies(dict.fromkeys(jobs))
+    _check_objects(order, cfg)  # before any mining or training: one line, at once
     workers = workers or min(2, os.cpu_count() or 1)
     # the pseudo-labels of each pre-training, one at a time before any job (two workers must
     # not mine the same labels at once), in a process of their own when there are workers:

@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("errors", "paths", "io", "locks", "config", "cache", "progress")),
     ("data", ("data", "metrics", "losses")),
     ("models", ("models", "teacher", "detect", "guards")),
-    ("train", ("train", "mining")),
+    ("train", ("train", "mining", "detect_command")),  # a model run over a dataset
     ("jobs", ("jobs", "chat")),
     ("report", ("report", "evidence", "analysis", "plots", "predict", "grounding")),
     ("notebook", ("notebook",)),  # the notebooks' set-up: seeds through train.common
