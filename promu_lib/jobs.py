@@ -7,7 +7,8 @@ result. Missing jobs run in a pool of worker processes with one torch thread eac
 a 2-core machine do about twice the work of one process with 2 threads on models this small).
 Mining runs first, one config at a time (no two workers mine into the same directory); then
 every job starts as soon as the job it starts from (a pre-training, or a fine-tuning for
-cross-task transfer) has finished.
+cross-task transfer) has finished. With ``run.executor=slurm`` each missing job is a Slurm job
+instead (``promu_lib.slurm``), and a pre-training mines its own labels.
 
 The pre-training variants of PROMU's ablations (Eq. 11 with a loss switched off, or hard
 labels) are :data:`PRETRAIN_VARIANTS`; which table row uses which job is the studies' business
@@ -195,12 +196,19 @@ def run_jobs(
     A job starts as soon as the job it starts from has finished (no stage-wide barrier), and
     jobs that others wait for start first, so both workers stay busy until the end.
     ``progress``: a bar (a log line per job off a terminal) over the jobs.
+
+    ``cfg.run.executor == "slurm"``: every missing job is a Slurm job instead, its prerequisite
+    a Slurm dependency (``promu_lib.slurm``); ``workers`` does not apply.
     """
     from promu_lib.cache import is_done
     from promu_lib.mining import mining_dir
     from promu_lib.progress import Progress
 
     order = _with_dependencies(dict.fromkeys(jobs))
+    if cfg.run.executor == "slurm":
+        from promu_lib.slurm import run_on_slurm
+
+        return run_on_slurm(cfg, order, progress=progress)
     workers = workers or min(2, os.cpu_count() or 1)
     # the pseudo-labels of each pre-training, one at a time before any job (two workers must
     # not mine the same labels at once), in a process of their own when there are workers:
