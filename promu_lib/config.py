@@ -968,7 +968,8 @@ def _check_slurm(cfg: Config) -> None:
                     f"got {shorten(value)}"
                 )
         for option, value in job.sbatch.items():
-            key = f"slurm.{kind}.sbatch.{shorten(option, 40)}"
+            plain = _SBATCH_OPTION.fullmatch(option) and len(option) <= 40
+            key = f"slurm.{kind}.sbatch.{option if plain else shorten(option, 40)}"
             if not _SBATCH_OPTION.fullmatch(option):
                 raise ConfigError(
                     f"{key}: expected an sbatch long option without its dashes, e.g. constraint"

@@ -335,11 +335,11 @@ def _jobs_command(args) -> int:
     cfg = config_from_args(args)
     if args.executor:
         cfg = cfg.replace(**{"run.executor": args.executor})
+    if args.dry_run and cfg.run.executor != "slurm":
+        raise UsageError("--dry-run prints the sbatch scripts of run.executor=slurm; add "
+                         "--executor slurm")  # fmt: skip
     jobs = jobs_of(cfg, args.stage or stage_names())
     if args.dry_run:
-        if cfg.run.executor != "slurm":
-            raise UsageError("--dry-run prints the sbatch scripts of run.executor=slurm; add "
-                             "--executor slurm")  # fmt: skip
         from promu_lib.slurm import dry_run
 
         dry_run(cfg, _with_dependencies(jobs))

@@ -65,39 +65,6 @@ class Submitted:
 # -- naming and resources ---------------------------------------------------------------------
 
 
-def kind_of(job: Any) -> str:
-    from promu_lib.jobs import Pretrain
-
-    return "pretrain" if isinstance(job, Pretrain) else "finetune"
-
-
-def describe(job: Any) -> str:
-    """``pretrain promu (templates 0/0) seed 0``, ``finetune mnre/promu seed 1 from ...``."""
-    from promu_lib.jobs import Pretrain
-
-    if isinstance(job, Pretrain):
-        t = f" (templates {job.entity_template}/{job.relation_template})"
-        return f"pretrain {job.variant}{t if job.entity_template or job.relation_template else ''} seed {job.seed}"  # noqa: E501
-    text = f"finetune {job.dataset}/{job.model} seed {job.seed}"
-    if job.image_mode != "true":
-        text += f" images {job.image_mode}"
-    if job.train_fraction != 1.0:
-        text += f" fraction {job.train_fraction:g}"
-    if job.init is not None:
-        text += f" from [{describe(job.init)}]"
-    return text
-
-
-def job_name(job: Any) -> str:
-    """Slurm's ``--job-name``: short, what and seed (``promu-pt-promu-s0``)."""
-    from promu_lib.jobs import Pretrain
-
-    if isinstance(job, Pretrain):
-        return f"promu-pt-{job.variant}-s{job.seed}"
-    pre = "-pt" if isinstance(job.init, Pretrain) else ("-ft" if job.init is not None else "")
-    return f"promu-ft-{job.dataset}-{job.model}{pre}-s{job.seed}"
-
-
 def tasks_per_node(r: SlurmJobConfig) -> int:
     """Processes per node: ``tasks_per_node``, or one per GPU (one without GPUs)."""
     return r.tasks_per_node or max(1, r.gpus_per_node)
@@ -106,9 +73,9 @@ def tasks_per_node(r: SlurmJobConfig) -> int:
 def sbatch_parameters(cfg: Config, job: Any, after: str | None = None) -> dict[str, Any]:
     """submitit's ``SlurmExecutor`` parameters for ``job`` (its sbatch options); ``after``:
     the job id it waits for (``afterok``)."""
-    r: SlurmJobConfig = getattr(cfg.slurm, kind_of(job))
+    r: SlurmJobConfig = getattr(cfg.slurm, job.kind)
     params: dict[str, Any] = {
-        "job_name": job_name(job),
+        "job_name": job.slug(),
         "time": r.time,
         "nodes": r.nodes,
         "ntasks_per_node": tasks_per_node(r),
@@ -154,18 +121,16 @@ def plan(cfg: Config, order: Sequence[Any]) -> tuple[list[tuple[Any, Any]], dict
     """(jobs to submit, each with the job it waits for or None; the done jobs, read from the
     cache), the prerequisites first. ``order``: dependencies first. A job whose prerequisite is submitted too is not
     done either (its cache key holds the hash of what that prerequisite writes)."""
-    from promu_lib.jobs import _dependency, _is_cached
-
-    needed = {d for d in map(_dependency, order) if d is not None}
+    needed = {j.prerequisite() for j in order} - {None}
     submit: list[tuple[Any, Any]] = []
     cached: dict[Any, Any] = {}
     planned: set[Any] = set()
     for job in sorted(order, key=lambda j: j not in needed):  # stable: prerequisites first
-        dep = _dependency(job)
+        dep = job.prerequisite()
         if dep in planned:
             submit.append((job, dep))
             planned.add(job)
-        elif _is_cached(job, cfg):
+        elif job.is_done(cfg):
             cached[job] = None
         else:
             submit.append((job, None))
@@ -180,16 +145,18 @@ def dry_run(cfg: Config, order: Sequence[Any], out: Any = None) -> list[Path]:
     submit, cached = plan(cfg, order)
     number = {job: i + 1 for i, (job, _) in enumerate(submit)}
     target = folder_of(cfg) / "dry-run"
+    for old in target.glob("*.sh"):  # an earlier dry run's scripts: this plan replaces them
+        old.unlink()
     files = []
     for job, dep in submit:
         after = f"<id of job {number[dep]}>" if dep is not None else None
         script = sbatch_script(cfg, job, after)
-        path = atomic_write_text(target / f"{number[job]:03d}_{job_name(job)}.sh", script)
+        path = atomic_write_text(target / f"{number[job]:03d}_{job.slug()}.sh", script)
         files.append(path)
-        print(f"# ===== job {number[job]} of {len(submit)}: {describe(job)} -> {path}", file=out)
+        print(f"# ===== job {number[job]} of {len(submit)}: {job.describe()} -> {path}", file=out)
         print(script, file=out)
     r_pt, r_ft = cfg.slurm.pretrain, cfg.slurm.finetune
-    n_pt = sum(kind_of(j) == "pretrain" for j, _ in submit)
+    n_pt = sum(j.kind == "pretrain" for j, _ in submit)
     print(
         f"# dry run: {len(submit)} job(s) would be submitted ({n_pt} pre-training(s) of "
         f"{r_pt.nodes} node(s) x {r_pt.gpus_per_node} GPU(s), {len(submit) - n_pt} "
@@ -255,7 +222,7 @@ def _submit(cfg: Config, job: Any, after: str | None) -> str:
     try:
         sj = executor.submit(SlurmTask(job, cfg))
     except Exception as e:  # sbatch refused it (a partition that does not exist, ...)
-        raise SlurmJobFailed(f"sbatch refused {describe(job)}: {str(e).strip()[-600:]}") from e
+        raise SlurmJobFailed(f"sbatch refused {job.describe()}: {str(e).strip()[-600:]}") from e
     atomic_write_json(_record_file(cfg, job), {"job_id": sj.job_id, "job": repr(job)})
     return str(sj.job_id)
 
@@ -293,7 +260,7 @@ def _read_results(cfg: Config, s: Submitted) -> bool:
             log = log_of(cfg, s.job_id, task)
             last = [x for x in str(value).strip().splitlines() if x.strip()][-1:]
             s.failed = (
-                f"Slurm job {s.job_id} ({describe(s.job)}) failed in task {task}: "
+                f"Slurm job {s.job_id} ({s.job.describe()}) failed in task {task}: "
                 f"{last[0] if last else value}; log: {log}:{log_line(log)}"
             )
             return True
@@ -324,11 +291,11 @@ def run_on_slurm(cfg: Config, order: Sequence[Any], progress: bool = True) -> di
         after = subs[dep].job_id if dep is not None else None
         earlier = _queued_earlier(cfg, job)
         job_id = earlier or _submit(cfg, job, after)
-        r: SlurmJobConfig = getattr(cfg.slurm, kind_of(job))
+        r: SlurmJobConfig = getattr(cfg.slurm, job.kind)
         subs[job] = Submitted(job, job_id, r.nodes * tasks_per_node(r), after)
         how = "still queued from an earlier pass" if earlier else "submitted"
         wait = f", after job {after}" if after else ""
-        print(f"[promu] slurm: job {job_id} {how}: {describe(job)}{wait}", flush=True)
+        print(f"[promu] slurm: job {job_id} {how}: {job.describe()}{wait}", flush=True)
     results = {job: job.run(cfg) for job in cached}  # done: read from the cache
     t0 = time.perf_counter()
     shown, shown_at = "", 0.0
@@ -336,17 +303,17 @@ def run_on_slurm(cfg: Config, order: Sequence[Any], progress: bool = True) -> di
     while pending:
         states = queue_states([s.job_id for s in pending])
         for s in list(pending):
-            s.state = states.get(s.job_id, "GONE")
+            s.state = states.get(s.job_id, "(no longer known to squeue)")
             if _read_results(cfg, s):
                 pending.remove(s)
             elif s.state not in ACTIVE:
                 s.terminal_seen += 1  # twice in a row: not a state between requeues
                 if s.terminal_seen >= 2:
                     log = log_of(cfg, s.job_id)
-                    why = f"ended {s.state} without a result"
+                    why = f"ended {s.state} without a result; log: {log}:{log_line(log)}"
                     if s.after and subs_by_id(subs, s.after).failed:
                         why = f"not run: job {s.after} it waits for failed ({s.state})"
-                    s.failed = f"Slurm job {s.job_id} ({describe(s.job)}) {why}; log: {log}:{log_line(log)}"  # noqa: E501
+                    s.failed = f"Slurm job {s.job_id} ({s.job.describe()}) {why}"
                     pending.remove(s)
             else:
                 s.terminal_seen = 0

@@ -1,5 +1,5 @@
-"""What runs inside a Slurm job of the jobs pass: one :class:`~promu_lib.jobs.Pretrain` or
-:class:`~promu_lib.jobs.Finetune`, in every task (process) of the job.
+"""What runs inside a Slurm job of the jobs pass: one job (``promu_lib.jobs``: a
+``Pretrain`` or a ``Finetune``), in every task (process) of the job.
 
 :class:`SlurmTask` is the callable that submitit pickles at submission and calls on the node
 (``python -m submitit.core._submit``). It sets the torch threads to the job's CPUs per task
@@ -35,12 +35,10 @@ class SlurmTask:
         import submitit
         import torch
 
-        from promu_lib.jobs import Pretrain
-
         os.environ["PROMU_PROGRESS"] = "0"
         torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         tasks = submitit.JobEnvironment().num_tasks
-        if isinstance(self.job, Pretrain) and tasks > 1:
+        if self.job.kind == "pretrain" and tasks > 1:
             # the labels first, before the process group (whose barrier would time out while
             # one rank mines for hours): one task mines under the mining lock, the others
             # wait on it and then find the labels done

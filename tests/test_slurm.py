@@ -270,3 +270,26 @@ def test_an_interrupted_pretraining_resumes_to_the_same_weights(
     assert "pre-training resumes at step" in log, log[-3000:]
     _same_files(reference, encoder.parent, [ENCODER_FILE])
     assert _rows(reference / "metrics.jsonl") == _rows(encoder.parent / "metrics.jsonl")
+
+
+def test_a_failed_job_names_its_log_line_and_its_dependent_never_runs(
+    slurm_cluster, data_root, tmp_path
+):
+    """No MNRE data where the job looks: the pre-training fails inside Slurm; the error comes
+    back with the job's log and the line of its traceback; the fine-tuning that waits for it
+    is cancelled by Slurm (afterok never satisfied), not left pending."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    on_slurm = cfg_at(empty, tmp_path / "runs", "slurm")
+    pre = Pretrain("promu")
+    with pytest.raises(SlurmJobFailed) as err:
+        run_jobs(on_slurm, [Finetune("mnre", "promu", init=pre)])
+    text = str(err.value)
+    assert text.startswith("2 of 2 Slurm job(s) failed"), text
+    failed, never = text.split(": ", 1)[1].split(" | ")
+    log_ref = failed.rsplit("log: ", 1)[1]
+    log, line = log_ref.rsplit(":", 1)
+    assert "(pretrain promu seed 0) failed in task 0: " in failed
+    lines = Path(log).read_text().splitlines()
+    assert lines[int(line) - 1].startswith("Traceback"), (log_ref, lines[int(line) - 1])
+    assert "not run: job" in never and "it waits for failed" in never, never
