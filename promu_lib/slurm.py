@@ -19,6 +19,7 @@ its traceback starts. :func:`dry_run` writes and prints the sbatch scripts witho
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shlex
@@ -251,7 +252,8 @@ def _read_results(cfg: Config, s: Submitted) -> bool:
 
     pickles = [_result_pickle(cfg, s.job_id, t) for t in range(s.tasks)]
     folder = folder_of(cfg)
-    folder.chmod(folder.stat().st_mode)  # refreshes an NFS client's view of the directory
+    with contextlib.suppress(OSError):  # refreshes an NFS client's view of the directory
+        folder.chmod(folder.stat().st_mode)
     if not all(p.is_file() for p in pickles):
         return False
     outcomes = [pickle_load(p) for p in pickles]
@@ -297,6 +299,31 @@ def run_on_slurm(cfg: Config, order: Sequence[Any], progress: bool = True) -> di
         wait = f", after job {after}" if after else ""
         print(f"[promu] slurm: job {job_id} {how}: {job.describe()}{wait}", flush=True)
     results = {job: job.run(cfg) for job in cached}  # done: read from the cache
+    try:
+        _wait(cfg, subs, progress)
+    except KeyboardInterrupt:
+        ids = " ".join(s.job_id for s in subs.values() if not s.done and s.failed is None)
+        print(
+            "[promu] slurm: stopped waiting; the jobs stay queued. Run the pass again to wait "
+            f"for them, or cancel them: scancel {ids}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+    failed = [s.failed for s in subs.values() if s.failed]
+    if failed:
+        raise SlurmJobFailed(
+            f"{len(failed)} of {len(subs)} Slurm job(s) failed: " + " | ".join(failed)
+        )
+    for job, s in subs.items():
+        _record_file(cfg, job).unlink(missing_ok=True)
+        results[job] = s.result
+    return results
+
+
+def _wait(cfg: Config, subs: dict[Any, Submitted], progress: bool) -> None:
+    """Watch the queue until every job of ``subs`` has ended: its results read, or failed
+    (a state outside :data:`ACTIVE` on two polls in a row, without its results)."""
     t0 = time.perf_counter()
     shown, shown_at = "", 0.0
     pending = list(subs.values())
@@ -326,17 +353,8 @@ def run_on_slurm(cfg: Config, order: Sequence[Any], progress: bool = True) -> di
             shown, shown_at = counts, time.perf_counter()
         if pending:
             time.sleep(cfg.slurm.poll_seconds)
-    failed = [s.failed for s in subs.values() if s.failed]
-    if failed:
-        raise SlurmJobFailed(
-            f"{len(failed)} of {len(subs)} Slurm job(s) failed: " + " | ".join(failed)
-        )
     if subs and progress:
         print(_progress(list(subs.values()), t0), flush=True)
-    for job, s in subs.items():
-        _record_file(cfg, job).unlink(missing_ok=True)
-        results[job] = s.result
-    return results
 
 
 def subs_by_id(subs: dict[Any, Submitted], job_id: str) -> Submitted:

@@ -39,14 +39,16 @@ class SlurmTask:
         torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         tasks = submitit.JobEnvironment().num_tasks
         if self.job.kind == "pretrain" and tasks > 1:
-            # the labels first, before the process group (whose barrier would time out while
+            # torchrun's variables first (CUDA_VISIBLE_DEVICES before anything touches CUDA),
+            # decided from the config, not by asking CUDA
+            gpus = self.cfg.slurm.pretrain.gpus_per_node > 0 and self.cfg.run.device != "cpu"
+            export_torch_distributed_env(one_gpu_per_task=gpus)
+            # then the labels, before the process group (whose barrier would time out while
             # one rank mines for hours): one task mines under the mining lock, the others
             # wait on it and then find the labels done
             from promu_lib.mining import mine_labels
 
             mine_labels(self.job.config(self.cfg), progress=False)
-            gpus = torch.cuda.is_available() and self.cfg.run.device != "cpu"
-            export_torch_distributed_env(one_gpu_per_task=gpus)
         return self.job.run(self.cfg)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:

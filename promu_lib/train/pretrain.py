@@ -224,7 +224,7 @@ def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> P
                 "labels": str(labels.meta.get("stage_dir", "")),
             },
         )
-    distributed.barrier(d)
+    distributed.finish(d)
     return out
 
 
