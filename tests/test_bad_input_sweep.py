@@ -250,6 +250,44 @@ def set_without_equals(e):
     return ["pretrain", "--set", "finetune.lr"], 1, ["expected KEY=VALUE"]
 
 
+@case
+def set_executor_unknown(e):
+    return ["pretrain", "--set", "run.executor=kubernetes"], 1, [
+        "run.executor: expected one of local, slurm, got 'kubernetes'"]  # fmt: skip
+
+
+@case
+def set_slurm_finetune_on_two_nodes(e):
+    return ["pretrain", "--set", "slurm.finetune.nodes=2"], 1, [
+        "slurm.finetune.nodes: expected an integer in [1, 1], got 2"]  # fmt: skip
+
+
+@case
+def set_slurm_negative_gpus(e):
+    return ["pretrain", "--set", "slurm.pretrain.gpus_per_node=-1"], 1, [
+        "slurm.pretrain.gpus_per_node: expected an integer >= 0, got -1"]  # fmt: skip
+
+
+@case
+def config_slurm_sbatch_sets_the_time(e):
+    path = e.write("cfg.yaml", "slurm:\n  pretrain:\n    sbatch:\n      time: 5\n")
+    return ["pretrain", "--config", str(path)], 1, [
+        str(path), "slurm.pretrain.sbatch.time: set by the slurm section itself"]  # fmt: skip
+
+
+@case
+def config_slurm_sbatch_not_a_mapping(e):
+    path = e.write("cfg.yaml", "slurm:\n  finetune:\n    sbatch: [constraint]\n")
+    return ["pretrain", "--config", str(path)], 1, [
+        str(path), "slurm.finetune.sbatch: expected a mapping"]  # fmt: skip
+
+
+@case
+def jobs_dry_run_without_slurm(e):
+    return ["jobs", "--dry-run", "--config", str(e.config())], 2, [
+        "--dry-run prints the sbatch scripts of run.executor=slurm"]  # fmt: skip
+
+
 # -- promu data check ---------------------------------------------------------------------------
 
 

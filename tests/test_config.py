@@ -100,3 +100,4 @@ def test_settings_at_their_neutral_value_leave_every_hash_unchanged():
     assert config_hash(older) == config_hash(cfg)
     assert config_hash(cfg.replace(**{"data.objects": "crops"}), "data") != config_hash(cfg, "data")
     assert config_hash(cfg.replace(**{"detect.conf": 0.5})) != config_hash(cfg)
+    assert config_hash(cfg.replace(**{"run.executor": "slurm"})) != config_hash(cfg)

@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("data", "metrics", "losses")),
     ("models", ("models", "teacher", "detect", "guards")),
     ("train", ("train", "mining", "detect_command")),  # a model run over a dataset
-    ("jobs", ("jobs", "chat")),
+    ("jobs", ("jobs", "chat", "slurm", "slurm_task")),
     ("report", ("report", "evidence", "analysis", "plots", "predict", "grounding")),
     ("notebook", ("notebook",)),  # the notebooks' set-up: seeds through train.common
     ("studies", ("studies",)),

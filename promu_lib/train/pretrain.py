@@ -158,6 +158,10 @@ def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> P
     if checkpoint_exists(ckpt):
         state = load_checkpoint(ckpt, model, optimizer, scheduler)
         step, history = state["step"], state["extra"]["history"]
+        if d.main:  # in a Slurm job's log: where a requeued or rerun job picked up
+            print(
+                f"[promu] pre-training resumes at step {step} of {p.steps} from {ckpt}", flush=True
+            )
     ddp = (
         DistributedDataParallel(
             model,
@@ -235,7 +239,7 @@ def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> P
                 "labels": str(labels.meta.get("stage_dir", "")),
             },
         )
-    distributed.barrier(d)
+    distributed.finish(d)
     return out
 
 
