@@ -16,7 +16,7 @@ STAMP="$VENV/.promu-install-stamp"
 
 bootstrap() {
   local want
-  want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
   if [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
     return 0
   fi
@@ -26,9 +26,10 @@ bootstrap() {
     python3 -m venv "$VENV"
   fi
   "$PY" -m pip install --quiet --upgrade pip
-  # torch first and pinned: the local wheel cache holds exactly these releases.
-  "$PY" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-  "$PY" -m pip install --quiet -e ".[dev]"
+  # torch first and pinned: the local wheel cache holds exactly these releases. Everything
+  # under constraints.txt: the exact versions that produced figures/.
+  "$PY" -m pip install --quiet -c constraints.txt "torch==2.14.1" "torchvision==0.29.1"
+  "$PY" -m pip install --quiet -c constraints.txt -e ".[dev]"
   "$PY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (promu)" >/dev/null
   echo "$want" > "$STAMP"
   echo "[promu] environment ready in $((SECONDS - t0)) s"

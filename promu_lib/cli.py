@@ -17,6 +17,7 @@ from promu_lib.errors import run_command
 COMMAND_MODULES: tuple[str, ...] = (
     "promu_lib.pipeline",
     "promu_lib.data.cli",
+    "promu_lib.detect_command",  # `promu data detect`: after promu_lib.data.cli
     "promu_lib.train.cli",
     "promu_lib.train.pretrain",
     "promu_lib.predict",

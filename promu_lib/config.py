@@ -12,6 +12,7 @@ Profiles
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
 import hashlib
@@ -99,6 +100,15 @@ class DataConfig:
     max_len: int = 40
     image_size: int = 32  # S: the global image and every object crop become S x S
     max_objects: int = 3  # m: top-m detector boxes by score, zero crops as padding (0 = none)
+    # where fine-tuning takes each post's objects from: "boxes" (crops cut out of the image at
+    # boxes/<dataset>.json, best first; `promu data detect` writes it) or "crops" (crop image
+    # files, e.g. HVPNeT's release, listed per image by the JSON index that `promu data
+    # convert-crops` writes at crops_index; they carry no position, so models that read boxes
+    # and PROMU's COE refuse them)
+    objects: str = "boxes"
+    # the crops index of one split, relative to root ({dataset}: twitter2015 | twitter2017 |
+    # mnre, {split}: train | dev | test); it lies above the crop files (relative paths inside)
+    crops_index: str = "{dataset}_{split}_crops.json"
     # "resize" (plain S x S) or "resize-crop" (shorter side to S*256/224, centre crop S: the
     # reference's Resize 256 -> CenterCrop 224)
     image_transform: str = "resize"
@@ -208,6 +218,19 @@ class MiningConfig:
 
 
 @dataclass
+class DetectConfig:
+    """``promu data detect``: a detector over a dataset's images writes boxes/<dataset>.json
+    (promu_lib.data.detection). The detector is YOLO from ``mining.yolo_weights``."""
+
+    conf: float = 0.25  # confidence threshold (0 keeps every box: random test weights)
+    max_det: int = 10  # boxes kept per image, best first (fine-tuning takes data.max_objects)
+    imgsz: int = 640  # YOLO's input size
+    batch_size: int = 16  # images per detector call
+    shard_size: int = 512  # images per partial file: a killed run resumes from the next shard
+    grid_images: int = 16  # images drawn with their boxes in the sample grid (0 = no grid)
+
+
+@dataclass
 class PretrainConfig:
     """PROMU pre-training (Eq. 11) with each loss weighted and switchable."""
 
@@ -289,6 +312,45 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
     deterministic: bool = True
+    # where the jobs pass (`promu jobs`, ./run_all.sh) trains: "local" worker processes, or
+    # "slurm", one Slurm job per run through submitit with the `slurm` section's resources
+    # (README, "On a Slurm cluster")
+    executor: str = "local"
+
+
+@dataclass
+class SlurmJobConfig:
+    """The resources of one kind of Slurm job (``slurm.pretrain`` or ``slurm.finetune``); each
+    becomes the sbatch option of the same name. None: the cluster's default."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: int = 60  # minutes; a job at its limit is requeued and resumes from its checkpoint
+    nodes: int = 1  # more than one: pre-training only (DDP across nodes)
+    gpus_per_node: int = 0
+    # processes per node: 0 = one per GPU (one without GPUs). Pre-training runs them as DDP
+    # ranks (the torchrun code path); a fine-tuning is one process.
+    tasks_per_node: int = 0
+    cpus_per_task: int = 1  # also the torch threads of each process
+    mem_gb: int | None = None
+    # any other sbatch option, long name without "--": {"constraint": "a100", "exclusive": true}
+    sbatch: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SlurmConfig:
+    """How ``run.executor=slurm`` submits the jobs pass (promu_lib.slurm)."""
+
+    # submitit's pickles and the jobs' logs, on the filesystem the nodes share with this one
+    folder: str = "runs/{profile}/slurm"
+    poll_seconds: float = 10.0  # between two looks at the queue (squeue) while waiting
+    # Slurm sends SIGUSR2 this many seconds before a job's time limit (and on preemption): the
+    # job requeues itself and resumes from its last checkpoint
+    signal_delay_s: int = 120
+    max_timeouts: int = 3  # time limits a job may hit (and resume from) before it fails
+    pretrain: SlurmJobConfig = field(default_factory=SlurmJobConfig)
+    finetune: SlurmJobConfig = field(default_factory=SlurmJobConfig)
 
 
 @dataclass
@@ -336,11 +398,13 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     hvpnet: HVPNetConfig = field(default_factory=HVPNetConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     run: RunConfig = field(default_factory=RunConfig)
     scope: ScopeConfig = field(default_factory=ScopeConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)  # the LLM comparison (Fig 6); off by default
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # used by run.executor=slurm
 
     # -- convenience --------------------------------------------------------------------------
     def data_root(self) -> Path:
@@ -522,6 +586,12 @@ def paper() -> Config:
         low_resource_datasets=("twitter2015", "mnre"),
         low_resource_fractions=(0.1, 0.25, 0.5, 1.0),
     )
+    # On a Slurm cluster (run.executor=slurm): a pre-training is one 8-GPU node (8 DDP ranks,
+    # the paper's set-up), a fine-tuning one GPU. 48 h and 12 h are common partition limits;
+    # a longer run is requeued at its limit and resumes from its checkpoint. Partition and
+    # account are the cluster's: set them (README, "On a Slurm cluster").
+    cfg.slurm.pretrain = SlurmJobConfig(time=48 * 60, gpus_per_node=8, cpus_per_task=6)
+    cfg.slurm.finetune = SlurmJobConfig(time=12 * 60, gpus_per_node=1, cpus_per_task=6)
     return cfg
 
 
@@ -738,6 +808,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_bad_record": ("error", "skip"),
     "data.on_missing_image": ("error", "blank"),
     "data.image_transform": ("resize", "resize-crop"),
+    "data.objects": ("boxes", "crops"),
     "hvpnet.backbone": ("tiny-cnn", "resnet50", "efficientnet-lite0", "mobilenet_v2"),
     "hvpnet.variant": ("full", "single", "flat", "1v3", "onlyobj"),
     "hvpnet.layout": ("paper", "reference"),
@@ -750,6 +821,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scope.table3_datasets": ALL_DATASETS,
     "scope.hvpnet_datasets": ALL_DATASETS,
     "scope.low_resource_datasets": ALL_DATASETS,
+    "run.executor": ("local", "slurm"),
 }
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # run.device
 
@@ -806,6 +878,9 @@ RANGES: dict[str, Range] = {
     "hvpnet.n_objects": AT_LEAST_0,
     "hvpnet.image_size": AT_LEAST_1,
     "hvpnet.mid_dim": AT_LEAST_0,  # 0 = Eq. 8's single linear map (no Linear-Tanh)
+    "detect.conf": SHARE,
+    "detect.grid_images": AT_LEAST_0,
+    "detect.*": AT_LEAST_1,  # max_det, imgsz, batch_size, shard_size
     "mining.top_m_nouns": AT_LEAST_1,
     "mining.*_template": AT_LEAST_0,
     "mining.teacher_steps": AT_LEAST_0,
@@ -844,6 +919,17 @@ RANGES: dict[str, Range] = {
     "llm.temperature": AT_LEAST_0,
     "llm.max_tokens": AT_LEAST_1,
     "llm.max_posts": AT_LEAST_0,
+    "slurm.poll_seconds": POSITIVE,
+    "slurm.signal_delay_s": AT_LEAST_0,
+    "slurm.max_timeouts": AT_LEAST_0,
+    "slurm.finetune.nodes": Range(1, 1),  # a fine-tuning is one process
+    "slurm.finetune.tasks_per_node": Range(0, 1),
+    "slurm.*.time": AT_LEAST_1,
+    "slurm.*.nodes": AT_LEAST_1,
+    "slurm.*.gpus_per_node": AT_LEAST_0,
+    "slurm.*.tasks_per_node": AT_LEAST_0,
+    "slurm.*.cpus_per_task": AT_LEAST_1,
+    "slurm.*.mem_gb": AT_LEAST_1,
 }
 
 
@@ -886,7 +972,44 @@ def validate(cfg: Config) -> Config:
             kind = "an integer" if isinstance(bad[0], int) else "a number"
             raise ConfigError(f"{key}: expected {kind} {rule}, got {shorten(bad[0])}")
     _check_recipes(cfg)
+    _check_slurm(cfg)
     return cfg
+
+
+# sbatch options the slurm section sets itself (or submitit does): not in an ``sbatch`` dict
+SLURM_OWN_OPTIONS = frozenset(
+    "partition account qos time nodes gpus-per-node ntasks-per-node cpus-per-task mem "
+    "job-name output error open-mode signal dependency array".split()
+)
+_SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def _check_slurm(cfg: Config) -> None:
+    """``slurm.<kind>``: names that are not empty, and ``sbatch`` entries that are sbatch long
+    options (not one the section sets) with a scalar value."""
+    for kind in ("pretrain", "finetune"):
+        job: SlurmJobConfig = getattr(cfg.slurm, kind)
+        for name in ("partition", "account", "qos"):
+            value = getattr(job, name)
+            if value is not None and not value.strip():
+                raise ConfigError(
+                    f"slurm.{kind}.{name}: expected a name or null (the cluster's default), "
+                    f"got {shorten(value)}"
+                )
+        for option, value in job.sbatch.items():
+            plain = _SBATCH_OPTION.fullmatch(option) and len(option) <= 40
+            key = f"slurm.{kind}.sbatch.{option if plain else shorten(option, 40)}"
+            if not _SBATCH_OPTION.fullmatch(option):
+                raise ConfigError(
+                    f"{key}: expected an sbatch long option without its dashes, e.g. constraint"
+                )
+            if option.replace("_", "-") in SLURM_OWN_OPTIONS:
+                raise ConfigError(
+                    f"{key}: set by the slurm section itself; expected another sbatch option "
+                    f"(set slurm.{kind}.<its key> instead)"
+                )
+            if not isinstance(value, (str, int, float, bool)):
+                raise ConfigError(f"{key}: expected a string, number or true, got {shorten(value)}")
 
 
 # -- reading values and files ------------------------------------------------------------------
@@ -1035,13 +1158,38 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     return atomic_write_text(path, text)
 
 
+# Settings added after runs were cached, whose default does what the code did before them: at
+# that default they are left out of every hash, so adding an option does not retrain what it
+# does not change. Add a key here only with the value that reproduces the older behaviour.
+HASH_NEUTRAL: dict[str, Any] = {
+    "data.objects": "boxes",
+    "data.crops_index": "{dataset}_{split}_crops.json",
+    "detect": dataclasses.asdict(DetectConfig()),
+    "run.executor": "local",
+    "slurm": dataclasses.asdict(SlurmConfig()),
+}
+
+
+def _without_neutral(data: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for key, neutral in HASH_NEUTRAL.items():
+        *path, last = key.split(".")
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node and _to_plain(node[last]) == neutral:
+            del node[last]
+    return data
+
+
 def config_hash(cfg: Config | dict[str, Any], *sections: str, extra: Any = None) -> str:
     """A stable 12-hex-digit hash of the given sections (all if none) plus ``extra``.
 
     Stages hash only the sections they depend on, so that changing the fine-tuning learning
-    rate does not invalidate the cached toy world. Key order and tuple/list form do not matter.
+    rate does not invalidate the cached toy world. Key order and tuple/list form do not matter,
+    and the :data:`HASH_NEUTRAL` settings at their neutral value are left out.
     """
-    data = cfg.to_dict() if isinstance(cfg, Config) else _to_plain(cfg)
+    data = _without_neutral(cfg.to_dict() if isinstance(cfg, Config) else _to_plain(cfg))
     if sections:
         picked = {}
         for s in sections:

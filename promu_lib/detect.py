@@ -70,7 +70,20 @@ def _import_ultralytics():
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
+    _unpatch_pil_open()
     return YOLO
+
+
+def _unpatch_pil_open() -> None:
+    """Undo ultralytics' patch of ``PIL.Image.open`` (ultralytics.utils.patches): on any image
+    PIL cannot identify it pip-installs a HEIF plugin and logs, in every later ``Image.open`` of
+    the process. promu reads its images itself (``promu_lib.data.images.load_image``) and hands
+    YOLO decoded images, so an unreadable file stays one DataError, nothing installed."""
+    from ultralytics.utils import patches
+
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is getattr(patches, "image_open", None):
+        Image.open = original
 
 
 class YoloDetector:

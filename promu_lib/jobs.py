@@ -7,7 +7,8 @@ result. Missing jobs run in a pool of worker processes with one torch thread eac
 a 2-core machine do about twice the work of one process with 2 threads on models this small).
 Mining runs first, one config at a time (no two workers mine into the same directory); then
 every job starts as soon as the job it starts from (a pre-training, or a fine-tuning for
-cross-task transfer) has finished.
+cross-task transfer) has finished. With ``run.executor=slurm`` each missing job is a Slurm job
+instead (``promu_lib.slurm``), and a pre-training mines its own labels.
 
 The pre-training variants of PROMU's ablations (Eq. 11 with a loss switched off, or hard
 labels) are :data:`PRETRAIN_VARIANTS`; which table row uses which job is the studies' business
@@ -22,7 +23,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from promu_lib.config import Config
 
@@ -41,10 +42,32 @@ PRETRAIN_VARIANTS: dict[str, dict[str, Any]] = {
 class Pretrain:
     """One pre-training run: a variant of Eq. 11 and a prompt-template pair (Table 3)."""
 
+    kind: ClassVar[str] = "pretrain"
     variant: str = "promu"
     entity_template: int = 0
     relation_template: int = 0
     seed: int = 0
+
+    def prerequisite(self) -> None:
+        """The job this one starts from: none."""
+        return None
+
+    def is_done(self, cfg: Config) -> bool:
+        from promu_lib.cache import is_done
+
+        return is_done(self.encoder_file(cfg).parent)
+
+    def describe(self) -> str:
+        """``pretrain promu seed 0`` (``(templates 1/0)`` when not the first pair)."""
+        templates = (self.entity_template, self.relation_template)
+        pair = f" (templates {templates[0]}/{templates[1]})" if any(templates) else ""
+        return f"pretrain {self.variant}{pair} seed {self.seed}"
+
+    def slug(self) -> str:
+        """A short name (a Slurm job name): ``promu-pt-promu-s0``."""
+        templates = f"-t{self.entity_template}{self.relation_template}"
+        pair = templates if self.entity_template or self.relation_template else ""
+        return f"promu-pt-{self.variant}{pair}-s{self.seed}"
 
     def config(self, cfg: Config) -> Config:
         if self.variant not in PRETRAIN_VARIANTS:
@@ -73,6 +96,7 @@ class Finetune:
     """One fine-tuning run. ``init``: a :class:`Pretrain` (its encoder), or a
     :class:`Finetune` (cross-task transfer of its backbone), or None (from scratch)."""
 
+    kind: ClassVar[str] = "finetune"
     dataset: str
     model: str
     init: Pretrain | Finetune | None = None
@@ -103,6 +127,30 @@ class Finetune:
             seed=self.seed,
             image_mode=self.image_mode,
         )
+
+    def prerequisite(self) -> Pretrain | Finetune | None:
+        """The job this one starts from (its ``init``)."""
+        return self.init
+
+    def is_done(self, cfg: Config) -> bool:
+        """Finished (its cache key holds the hash of its init file: ask once that is done)."""
+        from promu_lib.cache import is_done
+
+        return is_done(self.out_dir(cfg))
+
+    def describe(self) -> str:
+        """``finetune mnre/promu seed 0 from [pretrain promu seed 0]``."""
+        text = f"finetune {self.dataset}/{self.model} seed {self.seed}"
+        if self.image_mode != "true":
+            text += f" images {self.image_mode}"
+        if self.train_fraction != 1.0:
+            text += f" fraction {self.train_fraction:g}"
+        return text + (f" from [{self.init.describe()}]" if self.init is not None else "")
+
+    def slug(self) -> str:
+        """A short name (a Slurm job name): ``promu-ft-mnre-promu-pt-s0``."""
+        start = {None: "", "pretrain": "-pt", "finetune": "-ft"}[self.init and self.init.kind]
+        return f"promu-ft-{self.dataset}-{self.model}{start}-s{self.seed}"
 
     def run(self, cfg: Config) -> dict[str, Any]:
         from promu_lib.train.finetune import finetune
@@ -158,7 +206,7 @@ def map_in_workers(
 
 
 def _dependency(job: Pretrain | Finetune) -> Pretrain | Finetune | None:
-    return job.init if isinstance(job, Finetune) else None
+    return job.prerequisite()
 
 
 def _with_dependencies(jobs: Iterable[Pretrain | Finetune]) -> list[Pretrain | Finetune]:
@@ -178,9 +226,19 @@ def _with_dependencies(jobs: Iterable[Pretrain | Finetune]) -> list[Pretrain | F
 
 
 def _is_cached(job: Pretrain | Finetune, cfg: Config) -> bool:
-    from promu_lib.cache import is_done
+    return job.is_done(cfg)
 
-    return is_done(job.encoder_file(cfg).parent if isinstance(job, Pretrain) else job.out_dir(cfg))
+
+def _check_objects(order: Sequence[Pretrain | Finetune], cfg: Config) -> None:
+    """Each job's refusal of ``data.objects=crops`` (COE, models that read boxes), up front."""
+    from promu_lib.models.registry import check_objects, model_spec
+    from promu_lib.train.pretrain import check_objects as check_pretrain
+
+    for job in order:
+        if isinstance(job, Pretrain):
+            check_pretrain(job.config(cfg))
+        else:
+            check_objects(job.config(cfg), model_spec(job.model))
 
 
 def run_jobs(
@@ -195,12 +253,20 @@ def run_jobs(
     A job starts as soon as the job it starts from has finished (no stage-wide barrier), and
     jobs that others wait for start first, so both workers stay busy until the end.
     ``progress``: a bar (a log line per job off a terminal) over the jobs.
+
+    ``cfg.run.executor == "slurm"``: every missing job is a Slurm job instead, its prerequisite
+    a Slurm dependency (``promu_lib.slurm``); ``workers`` does not apply.
     """
     from promu_lib.cache import is_done
     from promu_lib.mining import mining_dir
     from promu_lib.progress import Progress
 
     order = _with_dependencies(dict.fromkeys(jobs))
+    _check_objects(order, cfg)  # before any mining or training: one line, at once
+    if cfg.run.executor == "slurm":
+        from promu_lib.slurm import run_on_slurm
+
+        return run_on_slurm(cfg, order, progress=progress)
     workers = workers or min(2, os.cpu_count() or 1)
     # the pseudo-labels of each pre-training, one at a time before any job (two workers must
     # not mine the same labels at once), in a process of their own when there are workers:

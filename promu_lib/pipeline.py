@@ -330,10 +330,21 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, force: bool = False
 
 
 def _jobs_command(args) -> int:
-    from promu_lib.jobs import run_jobs
+    from promu_lib.jobs import _with_dependencies, run_jobs
 
     cfg = config_from_args(args)
-    run_jobs(cfg, jobs_of(cfg, args.stage or stage_names()), progress=True)
+    if args.executor:
+        cfg = cfg.replace(**{"run.executor": args.executor})
+    if args.dry_run and cfg.run.executor != "slurm":
+        raise UsageError("--dry-run prints the sbatch scripts of run.executor=slurm; add "
+                         "--executor slurm")  # fmt: skip
+    jobs = jobs_of(cfg, args.stage or stage_names())
+    if args.dry_run:
+        from promu_lib.slurm import dry_run
+
+        dry_run(cfg, _with_dependencies(jobs))
+        return 0
+    run_jobs(cfg, jobs, progress=True)
     return 0
 
 
@@ -379,6 +390,14 @@ def register(sub) -> None:
     j.add_argument(
         "--stage", action="append", metavar="STAGE", help="this stage's jobs (repeatable; "
         "default: every stage)", choices=stage_names(),
+    )  # fmt: skip
+    j.add_argument(
+        "--executor", choices=("local", "slurm"), help="where the jobs run (run.executor): "
+        "worker processes here, or one Slurm job each (README, 'On a Slurm cluster')",
+    )  # fmt: skip
+    j.add_argument(
+        "--dry-run", action="store_true", help="with --executor slurm: write and print the "
+        "sbatch script of every job that would be submitted, and submit nothing",
     )  # fmt: skip
     j.set_defaults(func=_jobs_command)
 

@@ -250,6 +250,44 @@ def set_without_equals(e):
     return ["pretrain", "--set", "finetune.lr"], 1, ["expected KEY=VALUE"]
 
 
+@case
+def set_executor_unknown(e):
+    return ["pretrain", "--set", "run.executor=kubernetes"], 1, [
+        "run.executor: expected one of local, slurm, got 'kubernetes'"]  # fmt: skip
+
+
+@case
+def set_slurm_finetune_on_two_nodes(e):
+    return ["pretrain", "--set", "slurm.finetune.nodes=2"], 1, [
+        "slurm.finetune.nodes: expected an integer in [1, 1], got 2"]  # fmt: skip
+
+
+@case
+def set_slurm_negative_gpus(e):
+    return ["pretrain", "--set", "slurm.pretrain.gpus_per_node=-1"], 1, [
+        "slurm.pretrain.gpus_per_node: expected an integer >= 0, got -1"]  # fmt: skip
+
+
+@case
+def config_slurm_sbatch_sets_the_time(e):
+    path = e.write("cfg.yaml", "slurm:\n  pretrain:\n    sbatch:\n      time: 5\n")
+    return ["pretrain", "--config", str(path)], 1, [
+        str(path), "slurm.pretrain.sbatch.time: set by the slurm section itself"]  # fmt: skip
+
+
+@case
+def config_slurm_sbatch_not_a_mapping(e):
+    path = e.write("cfg.yaml", "slurm:\n  finetune:\n    sbatch: [constraint]\n")
+    return ["pretrain", "--config", str(path)], 1, [
+        str(path), "slurm.finetune.sbatch: expected a mapping"]  # fmt: skip
+
+
+@case
+def jobs_dry_run_without_slurm(e):
+    return ["jobs", "--dry-run", "--config", str(e.config())], 2, [
+        "--dry-run prints the sbatch scripts of run.executor=slurm"]  # fmt: skip
+
+
 # -- promu data check ---------------------------------------------------------------------------
 
 
@@ -409,6 +447,33 @@ def crops_re_without_split_file(e):
     )
 
 
+@case
+def crops_dict_not_a_dict(e):
+    pth, crops = _crops(e, {})
+    torch.save([["1_crop_0.png"]], pth)  # a list of lists: loads, but is not a dict
+    return _convert(pth, crops, e.tmp / "crops.json"), 1, [str(pth), "holds a list"]
+
+
+# -- promu data detect ----------------------------------------------------------------------------
+
+
+@case
+def detect_unreadable_image_names_its_line(e):
+    data = e.data()
+    image = _first_image(data)
+    image.write_text("<html>404</html>")
+    argv = ["data", "detect", "--config", str(e.config(data)), "--dataset", "twitter2015",
+            "--yolo-weights", "yolov8n.yaml", "--out-dir", str(e.tmp / "boxes")]  # fmt: skip
+    return argv, 1, [f"{data / 'twitter2015' / 'train.txt'}:1:", f"image {image}",
+                     "not an image PIL can identify"]  # fmt: skip
+
+
+@case
+def detect_without_weights(e):
+    argv = ["data", "detect", "--config", str(e.config()), "--out-dir", str(e.tmp / "boxes")]
+    return argv, 1, ["YOLO weights", "--yolo-weights"]
+
+
 # -- promu finetune / promu pretrain --------------------------------------------------------------
 
 
@@ -435,6 +500,43 @@ def finetune_box_outside_its_image(e):
     boxes[first] = [[500, 500, 600, 600, 0.9, "person"]]
     path.write_text(json.dumps(boxes))
     return _ft(e, data), 1, [str(path), f"image {first!r}", "has no area inside"]
+
+
+def _crops_index(data: Path, crop: str) -> tuple[Path, str]:
+    """Crops indexes of twitter2015 (dev and test empty); the first train post's image gets
+    ``crop``. Returns the train index and that image's id."""
+    first = (data / "twitter2015" / "train.txt").read_text().splitlines()[0]
+    img_id = first.split("IMGID:")[1].strip()
+    for split in ("dev", "test"):
+        (data / f"twitter2015_{split}_crops.json").write_text("{}")
+    index = data / "twitter2015_train_crops.json"
+    index.write_text(json.dumps({img_id: [crop]}))
+    return index, img_id
+
+
+@case
+def finetune_crops_index_names_a_missing_file(e):
+    data = e.data()
+    index, img_id = _crops_index(data, "aux/crops/gone.png")
+    return _ft(e, data, **{"data.objects": "crops"}), 1, [
+        str(index), f"image {img_id!r} (line 1 of", "aux/crops/gone.png not found"]  # fmt: skip
+
+
+@case
+def finetune_crop_not_an_image(e):
+    data = e.data()
+    index, img_id = _crops_index(data, "aux/crops/0_pred_yolo_crop_0.png")
+    (data / "aux" / "crops").mkdir(parents=True)
+    (data / "aux" / "crops" / "0_pred_yolo_crop_0.png").write_text("<html>404</html>")
+    return _ft(e, data, **{"data.objects": "crops"}), 1, [
+        str(index), f"image {img_id!r}: crop", "not an image PIL can identify"]  # fmt: skip
+
+
+@case
+def pretrain_with_crops(e):
+    path = e.config(**{"data.objects": "crops"})
+    return ["pretrain", "--config", str(path), "--out", str(e.tmp / "out")], 1, [
+        "data.objects=crops: PROMU's COE", "pretrain.lambda_coe=0"]  # fmt: skip
 
 
 @case
@@ -735,8 +837,8 @@ def _run(argv: list[str]) -> int:
 def test_the_sweep_covers_every_command():
     assert len(CASES) >= 40
     commands = {fn.__name__.split("_")[0] for fn in CASES.values()}
-    assert commands >= {"config", "set", "check", "crops", "finetune", "pretrain", "export",
-                        "predict", "ckpt"}  # fmt: skip
+    assert commands >= {"config", "set", "check", "crops", "detect", "finetune", "pretrain",
+                        "export", "predict", "ckpt"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -758,7 +860,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(name, w, tmp_path, capsys):
 
 
 def test_config_choices_are_the_modules_choices():
-    from promu_lib.data.datasets import IMAGE_TRANSFORMS
+    from promu_lib.data.datasets import IMAGE_TRANSFORMS, OBJECTS
     from promu_lib.data.formats import ON_BAD
     from promu_lib.data.images import ON_MISSING
     from promu_lib.mining import RELATION_SETS, TEACHERS
@@ -774,6 +876,7 @@ def test_config_choices_are_the_modules_choices():
     assert CHOICES["data.on_bad_record"] == ON_BAD
     assert CHOICES["data.on_missing_image"] == ON_MISSING
     assert CHOICES["data.image_transform"] == IMAGE_TRANSFORMS
+    assert CHOICES["data.objects"] == OBJECTS
     assert CHOICES["hvpnet.variant"] == VARIANTS and CHOICES["hvpnet.layout"] == LAYOUTS
     assert CHOICES["hvpnet.backbone"] == BACKBONES
 

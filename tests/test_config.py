@@ -81,3 +81,23 @@ def test_bad_config_file_names_the_file(tmp_path):
 @pytest.mark.parametrize("name", PROFILES)
 def test_every_profile_passes_the_choices_and_ranges(name):
     assert validate(profile_config(name)) == profile_config(name)
+
+
+def test_settings_at_their_neutral_value_leave_every_hash_unchanged():
+    """A setting added with a default that does what the code did before it (config.HASH_NEUTRAL)
+    must not invalidate cached runs: at that value the hash is the one without the setting."""
+    from promu_lib.config import HASH_NEUTRAL, config_hash
+
+    cfg = load_config("tiny")
+    older = cfg.to_dict()
+    for key in HASH_NEUTRAL:
+        *path, last = key.split(".")
+        node = older
+        for part in path:
+            node = node[part]
+        del node[last]
+    assert config_hash(older, "data") == config_hash(cfg, "data")
+    assert config_hash(older) == config_hash(cfg)
+    assert config_hash(cfg.replace(**{"data.objects": "crops"}), "data") != config_hash(cfg, "data")
+    assert config_hash(cfg.replace(**{"detect.conf": 0.5})) != config_hash(cfg)
+    assert config_hash(cfg.replace(**{"run.executor": "slurm"})) != config_hash(cfg)

@@ -18,8 +18,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("errors", "paths", "io", "locks", "config", "cache", "progress")),
     ("data", ("data", "metrics", "losses")),
     ("models", ("models", "teacher", "detect", "guards")),
-    ("train", ("train", "mining")),
-    ("jobs", ("jobs", "chat")),
+    ("train", ("train", "mining", "detect_command")),  # a model run over a dataset
+    ("jobs", ("jobs", "chat", "slurm", "slurm_task")),
     ("report", ("report", "evidence", "analysis", "plots", "predict", "grounding")),
     ("notebook", ("notebook",)),  # the notebooks' set-up: seeds through train.common
     ("studies", ("studies",)),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from promu_lib.data.crops import read_crops
 from promu_lib.data.formats import (
     ReadReport,
     count_entities,
@@ -73,10 +74,10 @@ class SplitCheck:
 
 @dataclass
 class FileCheck:
-    """A file other than a split: rel2id, the caption corpus, a boxes file."""
+    """A file other than a split: rel2id, the caption corpus, a boxes file, a crops index."""
 
-    kind: str  # "rel2id" | "captions" | "boxes"
-    name: str  # dataset the file belongs to ("pretrain" for captions)
+    kind: str  # "rel2id" | "captions" | "boxes" | "crops"
+    name: str  # dataset the file belongs to ("pretrain" for captions; crops: "<dataset>/<split>")
     path: Path
     required: bool
     found: bool = False
@@ -156,6 +157,8 @@ def check_data(
                         msg + f"; they will be blank (on_missing_image={policy!r})"
                     )
         _check_boxes(layout, dataset, posts_by_split, verify_images, report)
+        for split, posts in posts_by_split.items():
+            _check_crops(layout, dataset, split, posts, report)
     if captions:  # False: a directory of one dataset (promu_lib.data.dataset_dir)
         _check_captions(layout, verify_images, report)
     return report
@@ -285,6 +288,45 @@ def _check_boxes(layout, dataset, posts_by_split, verify_images, report) -> None
             )
 
 
+def _check_crops(layout, dataset, split, posts, report) -> None:
+    """The crops index of a split (``data.crops_index``): required with ``data.objects=crops``,
+    else reported only when present. Every crop file it lists for the split's posts must exist."""
+    d = layout.data
+    required = d.objects == "crops" and d.max_objects > 0
+    fc = FileCheck("crops", f"{dataset}/{split}", layout.crops_index(dataset, split), required)
+    if not (required or fc.path.is_file()):
+        return
+    report.files.append(fc)
+    if not fc.path.is_file():
+        report.problems.append(
+            f"{fc.path} not found (data.objects=crops); expected the crops index that `promu data "
+            "convert-crops` writes from HVPNeT's crop dict of this split (README, 'Object crops')"
+        )
+        return
+    fc.found, fc.sha256 = True, sha256_file(fc.path)
+    try:
+        crops = read_crops(fc.path)
+    except DataError as e:
+        fc.error = str(e)
+        report.problems.append(fc.error)
+        return
+    used = {p.img_id: crops[p.img_id] for p in posts if crops.get(p.img_id)}
+    missing = [str(f) for files in used.values() for f in files if not f.is_file()]
+    fc.summary = {
+        "images": len(crops),
+        "crops": sum(map(len, crops.values())),
+        "posts_with_crops": sum(p.img_id in used for p in posts),
+        "missing_files": len(missing),
+    }
+    fc.examples = missing[:MAX_EXAMPLES]
+    if missing:
+        msg = (
+            f"{fc.path}: {len(missing)} crop file(s) it lists are missing (e.g. "
+            f"{', '.join(fc.examples)}); expected every crop file (re-run convert-crops)"
+        )
+        (report.problems if required else report.warnings).append(msg)
+
+
 def _image_size(file: Path) -> tuple[int, int] | None:
     """(width, height) from the image's header; None when it is missing or unreadable (its
     split's check reports that, with --verify-images)."""
@@ -353,7 +395,9 @@ def render(report: DataCheck) -> str:
         for s in (s for s in report.splits if s.dataset == dataset):
             out.extend(_split_lines(s, report.root))
         for f in report.files:
-            if f.kind == "boxes" and f.name == dataset:
+            if (f.kind == "boxes" and f.name == dataset) or (
+                f.kind == "crops" and f.name.startswith(f"{dataset}/")
+            ):
                 out.append(_file_line(f, report.root))
     captions = [_file_line(f, report.root) for f in report.files if f.kind == "captions"]
     if captions:

@@ -1,4 +1,6 @@
-"""``promu data``: ``check`` a data directory, ``convert-crops`` from HVPNeT's crop dicts."""
+"""``promu data``: ``check`` a data directory, ``convert-crops`` from HVPNeT's crop dicts.
+(``promu data detect`` runs a model: it registers itself from ``promu_lib.detect_command``,
+through :func:`subcommands`.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from promu_lib.paths import resolve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="check a data directory; convert HVPNeT crops")
+    data = subparsers.add_parser(
+        "data", help="check a data directory; convert HVPNeT crops; detect objects"
+    )
     data.set_defaults(func=lambda args: data.print_help())
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
 
@@ -46,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument("--split-file", help="the split's text file (required for --task re)")
     conv.add_argument("--no-check-files", action="store_true", help="do not stat crop files")
     conv.set_defaults(func=_convert_crops)
+
+
+def subcommands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The subcommand group of ``promu data`` (after :func:`register`), for subcommands that
+    live in higher layers."""
+    data = subparsers.choices["data"]
+    return next(a for a in data._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from promu_lib.config import Config
 from promu_lib.data import pixel_cache
 from promu_lib.data.formats import read_boxes, read_mnre, read_twitter
-from promu_lib.data.images import ImageLoader, clip_box, crop, safe_join
+from promu_lib.data.images import ImageLoader, clip_box, crop, load_image, safe_join
 from promu_lib.data.layout import DataLayout
 from promu_lib.data.pixel_cache import Visual
 from promu_lib.data.records import MNRE_REL2ID, NER_TAG2ID, RE_MARKERS, Box, NerPost, RePost
@@ -59,6 +59,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_MODES = ("true", "blank", "shuffled")  # robustness study: real, no image, another post's
 IMAGE_TRANSFORMS = ("resize", "resize-crop")
+OBJECTS = ("boxes", "crops")  # data.objects: crops cut at detector boxes, or crop image files
 
 # =============================================================================================
 # Text
@@ -263,7 +264,11 @@ class ImageSource:
     on_bad_box: str = "error"
     source: Path | None = None  # the data file that names the images (for error messages)
     boxes_path: Path | None = None
-    bad_boxes: int = 0
+    # data.objects="crops": each image's object crop files (the crops index), used instead of
+    # ``boxes``: the first ``max_objects`` in the index's order, no positions (boxes stay zero)
+    crops: Mapping[str, Sequence[Path]] | None = None
+    crops_path: Path | None = None
+    bad_boxes: int = 0  # bad boxes, or unreadable crop files, skipped (on_bad_box="skip")
     loader: ImageLoader = field(init=False)
 
     def __post_init__(self) -> None:
@@ -286,6 +291,8 @@ class ImageSource:
             return Visual.blank(size, m)
         out = Visual.blank(size, m)
         out.image, out.present = to_pixels(image, size, self.transform), True
+        if self.crops is not None:
+            return self._crop_files(out, img_id)
         boxes = sorted(self.boxes.get(img_id, ()), key=lambda b: -b.score)  # stable on ties
         w, h = image.size
         k = 0
@@ -306,6 +313,28 @@ class ImageSource:
             out.objects[k] = to_pixels(crop(image, b), size, self.transform)
             out.object_mask[k] = True
             out.boxes[k] = torch.tensor([b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h])
+            k += 1
+        return out
+
+    def _crop_files(self, out: Visual, img_id: str) -> Visual:
+        """``out`` with the image's crop files as its objects (same transform as the image)."""
+        assert self.crops is not None
+        k = 0
+        for path in self.crops.get(img_id, ()):
+            if k == self.max_objects:
+                break
+            try:
+                crop_image = load_image(path)
+            except DataError as e:
+                if self.on_bad_box == "error":
+                    where = self.crops_path if self.crops_path is not None else f"image {img_id!r}"
+                    raise DataError(
+                        where, f"image {img_id!r}: crop {path}: {e.problem}", e.expected
+                    ) from e
+                self.bad_boxes += 1
+                continue
+            out.objects[k] = to_pixels(crop_image, self.size, self.transform)
+            out.object_mask[k] = True
             k += 1
         return out
 
@@ -556,7 +585,7 @@ def load_split(
         rng = np.random.default_rng(seed)
         keep = rng.choice(len(posts), size=max(1, round(fraction * len(posts))), replace=False)
         posts = [posts[i] for i in sorted(keep.tolist())]
-    images = _image_source(cfg, layout, dataset, split, path) if with_images else None
+    images = _image_source(cfg, layout, dataset, split, path, posts) if with_images else None
     cls = ReDataset if dataset == "mnre" else NerDataset
     return cls(
         posts,
@@ -575,12 +604,21 @@ def load_split(
 
 
 def _image_source(
-    cfg: Config, layout: DataLayout, dataset: str, split: str, source: Path
+    cfg: Config,
+    layout: DataLayout,
+    dataset: str,
+    split: str,
+    source: Path,
+    posts: Sequence[NerPost | RePost] = (),
 ) -> ImageSource:
     d = cfg.data
     boxes: Mapping[str, Sequence[Box]] = {}
     boxes_path = layout.boxes(dataset)
-    if d.max_objects > 0:
+    crops, crops_path = None, None
+    if d.max_objects > 0 and d.objects == "crops":
+        crops_path = layout.crops_index(dataset, split)
+        crops = _read_crops_index(crops_path, posts, d.max_objects, d.on_bad_record, source)
+    elif d.max_objects > 0:
         if not boxes_path.is_file():
             raise MissingAssetError(
                 f"the object boxes of {dataset}",
@@ -600,7 +638,46 @@ def _image_source(
         on_bad_box=d.on_bad_record,
         source=source,
         boxes_path=boxes_path,
+        crops=crops,
+        crops_path=crops_path,
     )
+
+
+def _read_crops_index(
+    path: Path, posts: Sequence[NerPost | RePost], m: int, on_bad: str, source: Path
+) -> dict[str, list[Path]]:
+    """The crops index of a split, every crop the posts will use checked to exist: a missing
+    one is a DataError naming the index, the image and the split file's line (``on_bad="skip"``
+    drops it, counted in the log)."""
+    from promu_lib.data.crops import read_crops
+
+    if not path.is_file():
+        raise MissingAssetError(
+            "the object crops index (data.objects=crops)",
+            [str(path)],
+            "Write it with `promu data convert-crops` from HVPNeT's crop dict of this split "
+            "(README, 'Object crops'), point data.crops_index at it, or set data.objects=boxes.",
+        )
+    crops = read_crops(path, on_bad=on_bad)
+    dropped = 0
+    for post in posts:
+        names = crops.get(post.img_id)
+        if not names:
+            continue
+        missing = [p for p in names[:m] if not p.is_file()]
+        if missing and on_bad == "error":
+            raise DataError(
+                path,
+                f"image {post.img_id!r} (line {post.line} of {source}): crop file {missing[0]} "
+                "not found",
+                "every crop file the index names (re-run `promu data convert-crops`)",
+            )
+        if missing:
+            dropped += len(missing)
+            crops[post.img_id] = [p for p in names if p not in missing]
+    if dropped:
+        log.warning("%s: %d crop files not found, skipped (data.on_bad_record=skip)", path, dropped)
+    return crops
 
 
 # =============================================================================================

@@ -9,6 +9,7 @@ their names were accidents::
     <root>/mnre/ours_rel2id.json
     <root>/pretrain/captions.jsonl                 <root>/pretrain/images/<image>
     <root>/boxes/<dataset>.json                    {img_id: [[x1, y1, x2, y2, score, class], ...]}
+    <root>/<dataset>_<split>_crops.json            optional: {img_id: [crop image paths]}
     <root>/truth/<dataset>_<split>.jsonl           toy world only: what the generator knows
 
 Every directory name comes from :class:`promu_lib.config.DataConfig`, so a real download in
@@ -21,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from promu_lib.config import Config, DataConfig
+from promu_lib.config import Config, ConfigError, DataConfig
 
 NER_DATASETS: tuple[str, ...] = ("twitter2015", "twitter2017")
 DATASETS: tuple[str, ...] = (*NER_DATASETS, "mnre")
@@ -92,6 +93,18 @@ class DataLayout:
     def boxes(self, dataset: str) -> Path:
         """Object boxes of one dataset (``pretrain`` for the caption corpus), keyed by image id."""
         return self.root / self.data.boxes_dir / f"{dataset}.json"
+
+    def crops_index(self, dataset: str, split: str) -> Path:
+        """The crops index of one split (``data.crops_index``; ``promu data convert-crops``
+        writes it): ``{img_id: [crop paths relative to the index's directory]}``."""
+        try:
+            name = self.data.crops_index.format(dataset=dataset, split=split)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(
+                f"data.crops_index: {self.data.crops_index!r} is not a path template ({e}); "
+                "expected a path with {dataset} and {split}, e.g. '{dataset}_{split}_crops.json'"
+            ) from None
+        return self.root / name
 
     def truth(self, dataset: str, split: str) -> Path:
         return self.root / "truth" / f"{dataset}_{split}.jsonl"

@@ -5,9 +5,10 @@ split's JPEGs took 1-3 s per job on 2 cores (a quarter of a tiny fine-tuning run
 pixels of a split (image, object crops, object mask, boxes, present flag) are therefore written
 once to ``<cache_dir>/<key>.safetensors``, and every later job with the same inputs reads them
 in milliseconds. The key hashes everything the pixels depend on: the image settings, the
-boxes file, and each image file's name, size and modification time, so replacing an image
-file gives a new key. Missing images and bad boxes (when the config tolerates them) are
-recorded with the pixels, so their counts and warnings stay the same on a cached read.
+boxes file (or the crops index and each crop file), and each image file's name, size and
+modification time, so replacing an image file gives a new key. Missing images and bad boxes
+(when the config tolerates them) are recorded with the pixels, so their counts and warnings
+stay the same on a cached read.
 
 :class:`Visual` (one post's pixels) lives here, below ``promu_lib.data.datasets``, which makes
 them from an ``ImageSource`` (this module reads only the attributes :class:`Source` names).
@@ -72,6 +73,8 @@ class Source(Protocol):
     on_missing: str
     on_bad_box: str
     boxes_path: Path | None
+    crops: Any  # None, or {img_id: [crop file paths]} (data.objects="crops")
+    crops_path: Path | None
     loader: Any  # ImageLoader: its ``blanks`` are saved and restored
     bad_boxes: int
 
@@ -97,9 +100,15 @@ def cache_key(source: Source, img_ids: Sequence[str]) -> str:
         "image_dir": str(source.image_dir.resolve()),
         "boxes": _stat(source.boxes_path) if source.boxes_path and source.max_objects else None,
     }
+    crops = source.crops if source.max_objects else None
+    if crops is not None:  # only then: the keys of boxes runs stay as they were
+        settings["crops"] = _stat(source.crops_path) if source.crops_path else True
     h.update(json.dumps(settings, sort_keys=True).encode())
     for img_id in img_ids:
         h.update(json.dumps(_stat(source.image_dir / (img_id + source.suffix))).encode())
+        if crops is not None:
+            files = list(crops.get(img_id, ()))[: source.max_objects]
+            h.update(json.dumps([[str(p), *_stat(p)[1:]] for p in files]).encode())
     return h.hexdigest()[:20]
 
 

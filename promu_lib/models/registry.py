@@ -31,7 +31,8 @@ class ModelSpec:
     """One model: ``name`` (the CLI's ``--model``), ``sees_image`` (False: batches carry no
     image tensors), ``variant`` (HVPNeT's ``hvpnet.variant``; None = the config's),
     ``build_backbone(spec, cfg, tokenizer, text)``, the ``tasks`` it serves, a one-line
-    ``summary``."""
+    ``summary``, ``reads_boxes`` (True: it reads ``batch["boxes"]``, the objects' positions,
+    so it refuses ``data.objects=crops``, whose crop files carry none)."""
 
     name: str
     sees_image: bool
@@ -39,6 +40,7 @@ class ModelSpec:
     build_backbone: Callable[[ModelSpec, Config, Any, BertEncoder], nn.Module]
     tasks: tuple[str, ...] = ("ner", "re")
     summary: str
+    reads_boxes: bool = False
 
     def backbone(self, cfg: Config, tokenizer: Any) -> nn.Module:
         """The backbone for ``cfg``: the text BERT first (``cfg.text``), then the rest."""
@@ -97,6 +99,19 @@ def model_spec(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None
+
+
+def check_objects(cfg: Config, spec: ModelSpec) -> None:
+    """ConfigError (one line) when ``spec`` reads object positions and ``data.objects=crops``
+    gives it crop files without any."""
+    from promu_lib.config import ConfigError
+
+    if cfg.data.objects == "crops" and spec.sees_image and spec.reads_boxes:
+        raise ConfigError(
+            f"data.objects=crops: model {spec.name!r} reads the objects' boxes (positions in "
+            "the image) and crop files carry none; expected data.objects=boxes (boxes from "
+            "`promu data detect`) or a model that takes crops only (hvpnet and its variants)"
+        )
 
 
 def _hvpnet(name: str, variant: str | None, summary: str) -> ModelSpec:

@@ -30,6 +30,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # init() started the process group (finish() ends it)
 
     @property
     def main(self) -> bool:
@@ -45,9 +46,19 @@ def init(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return Dist(dist.get_rank(), dist.get_world_size(), local, owns)
+
+
+def finish(d: Dist) -> None:
+    """The last barrier; then end the process group if ``init`` started it (every rank), so
+    no rank tears its connections down at interpreter exit while another still uses them."""
+    barrier(d)
+    if d.enabled and d.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(d: Dist) -> None:

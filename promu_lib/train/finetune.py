@@ -48,7 +48,7 @@ from promu_lib.guards import check_dev
 from promu_lib.io import atomic_write_json, atomic_write_jsonl, sha256_file
 from promu_lib.locks import dir_lock
 from promu_lib.models.registry import MODELS as MODELS  # re-exported: name -> ModelSpec
-from promu_lib.models.registry import model_spec
+from promu_lib.models.registry import check_objects, model_spec
 from promu_lib.paths import resolve
 from promu_lib.progress import Progress
 from promu_lib.train.common import (
@@ -218,7 +218,7 @@ def _check_run(
 ) -> _Run:
     """Validate the arguments (ValueError naming the bad one) and place the output."""
     task = task_of(dataset)
-    model_spec(model)  # ValueError for an unknown model
+    check_objects(cfg, model_spec(model))  # ValueError for an unknown model, crops refused
     if image_mode not in IMAGE_MODES:
         raise ValueError(f"unknown image_mode {image_mode!r}; expected one of {IMAGE_MODES}")
     if cfg.finetune.epochs < 1:

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from promu_lib import losses
 from promu_lib.cache import is_done, mark_done, stage_dir
-from promu_lib.config import Config
+from promu_lib.config import Config, ConfigError
 from promu_lib.data.captions import CaptionDataset, collate_captions
 from promu_lib.data.pseudo_labels import load_pseudo_labels
 from promu_lib.data.tokenizer import build_tokenizer
@@ -90,6 +90,7 @@ def pretrain(
 
     One process per output directory (``promu_lib.locks``): a second one waits, then finds
     the first's result. Under torchrun the ranks share their run and take no lock."""
+    check_objects(cfg)
     out = Path(out_dir) if out_dir is not None else pretrain_dir(cfg, seed)
     if not is_done(out):
         alone = int(os.environ.get("WORLD_SIZE", "1")) <= 1
@@ -98,6 +99,18 @@ def pretrain(
                 with one_cpu_thread(cfg.run.device):
                     _pretrain(cfg, seed, out, progress_bar)
     return out
+
+
+def check_objects(cfg: Config) -> None:
+    """ConfigError (one line) for ``data.objects=crops`` when COE is on: Eq. 7 averages the
+    patches inside each object's box, and crop files carry no box."""
+    if cfg.data.objects == "crops" and loss_weights(cfg)["coe"] != 0:
+        raise ConfigError(
+            "data.objects=crops: PROMU's COE (pretrain.lambda_coe="
+            f"{cfg.pretrain.lambda_coe:g}) needs each object's box in the image (Eq. 7) and "
+            "crop files carry none; expected data.objects=boxes (boxes from `promu data "
+            "detect`) or pretrain.lambda_coe=0"
+        )
 
 
 def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> Path:
@@ -145,6 +158,10 @@ def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> P
     if checkpoint_exists(ckpt):
         state = load_checkpoint(ckpt, model, optimizer, scheduler)
         step, history = state["step"], state["extra"]["history"]
+        if d.main:  # in a Slurm job's log: where a requeued or rerun job picked up
+            print(
+                f"[promu] pre-training resumes at step {step} of {p.steps} from {ckpt}", flush=True
+            )
     ddp = (
         DistributedDataParallel(
             model,
@@ -222,7 +239,7 @@ def _pretrain(cfg: Config, seed: int, out: Path, progress_bar: bool | None) -> P
                 "labels": str(labels.meta.get("stage_dir", "")),
             },
         )
-    distributed.barrier(d)
+    distributed.finish(d)
     return out
 
 
