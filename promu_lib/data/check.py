@@ -18,8 +18,10 @@ import dataclasses
 import textwrap
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -184,6 +186,18 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _read_file(fc: FileCheck, read: Callable[[Path], Any], report: DataCheck) -> Any:
+    """``read(fc.path)`` of a file that exists, its checksum recorded; None (and the error in
+    ``fc`` and the report's problems) when it does not parse."""
+    fc.found, fc.sha256 = True, sha256_file(fc.path)
+    try:
+        return read(fc.path)
+    except DataError as e:
+        fc.error = str(e)
+        report.problems.append(fc.error)
+        return None
+
+
 def _check_rel2id(layout: DataLayout, report: DataCheck) -> dict[str, int] | None:
     fc = FileCheck("rel2id", "mnre", layout.rel2id(), required=True)
     report.files.append(fc)
@@ -193,12 +207,8 @@ def _check_rel2id(layout: DataLayout, report: DataCheck) -> dict[str, int] | Non
             f"ours_rel2id.json of MNRE v2 (23 relations, None = 0) — {_HELP}"
         )
         return None
-    fc.found, fc.sha256 = True, sha256_file(fc.path)
-    try:
-        rel2id = read_rel2id(fc.path)
-    except DataError as e:
-        fc.error = str(e)
-        report.problems.append(fc.error)
+    rel2id = _read_file(fc, read_rel2id, report)
+    if rel2id is None:
         return None
     fc.summary = {"relations": len(rel2id)}
     return rel2id
@@ -254,12 +264,8 @@ def _check_boxes(layout, dataset, posts_by_split, verify_images, report) -> None
     report.files.append(fc)
     if not fc.path.is_file():
         return
-    fc.found, fc.sha256 = True, sha256_file(fc.path)
-    try:
-        boxes = read_boxes(fc.path)
-    except DataError as e:
-        fc.error = str(e)
-        report.problems.append(fc.error)
+    boxes = _read_file(fc, read_boxes, report)
+    if boxes is None:
         return
     posts = [(split, p) for split, ps in posts_by_split.items() for p in ps]
     without = {p.img_id for _, p in posts} - set(boxes)
@@ -303,12 +309,8 @@ def _check_crops(layout, dataset, split, posts, report) -> None:
             "convert-crops` writes from HVPNeT's crop dict of this split (README, 'Object crops')"
         )
         return
-    fc.found, fc.sha256 = True, sha256_file(fc.path)
-    try:
-        crops = read_crops(fc.path)
-    except DataError as e:
-        fc.error = str(e)
-        report.problems.append(fc.error)
+    crops = _read_file(fc, read_crops, report)
+    if crops is None:
         return
     used = {p.img_id: crops[p.img_id] for p in posts if crops.get(p.img_id)}
     missing = [str(f) for files in used.values() for f in files if not f.is_file()]
@@ -350,12 +352,8 @@ def _check_captions(layout, verify_images, report) -> None:
             "pre-training caption corpus, JSON lines {id, caption, image, matched})"
         )
         return
-    fc.found, fc.sha256 = True, sha256_file(fc.path)
-    try:
-        pairs = read_captions(fc.path)
-    except DataError as e:
-        fc.error = str(e)
-        report.problems.append(fc.error)
+    pairs = _read_file(fc, read_captions, report)
+    if pairs is None:
         return
     image_dir = layout.caption_image_dir()
     missing = 0
