@@ -2,6 +2,15 @@
 
     .venv/bin/python benchmarks/whole_run.py                 # ./run_all.sh --force (default profile)
     .venv/bin/python benchmarks/whole_run.py -- --only table1 --force
+    .venv/bin/python benchmarks/whole_run.py --cold 6a4d18a HEAD   # back to back, from nothing
+    .venv/bin/python benchmarks/whole_run.py --cold HEAD -- --only data   # a pipeline argument
+
+``--cold REV ...`` runs the default profile of each commit in turn, on this machine, each in a
+fresh git worktree (so with an empty run cache: every mining, pre-training and fine-tuning is
+trained) under this environment's interpreter (``python -m promu_lib.pipeline --force``,
+``PYTHONPATH`` the worktree; installation is not measured), and gives each one's wall time and
+peak memory and its ratio to the first. Results: ``whole_run_cold.{json,md}``; the worktrees
+are removed afterwards.
 
 Runs ``./run_all.sh`` with the given arguments (``--force`` when none are given, so every
 stage really runs), samples the resident memory of the whole process tree (the runner, each
@@ -15,10 +24,14 @@ Results: ``benchmarks/results/whole_run.{json,md}``.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import psutil
 from common import ROOT, markdown_table, write_results
@@ -42,13 +55,11 @@ def tree_rss(proc: psutil.Process) -> tuple[int, int, list[tuple[int, int, str]]
     return rss_total, pss_total, sorted(parts, reverse=True)
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    if args and args[0] == "--":
-        args = args[1:]
-    args = args or ["--force"]
+def measure(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
+    """Run ``cmd`` in ``cwd``; its exit code, wall time, the peak RSS and PSS of its process
+    tree (sampled every 0.2 s) and the stage times it wrote to ``cwd/reports/status``."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(ROOT / "run_all.sh"), *args], cwd=ROOT)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env)
     root = psutil.Process(proc.pid)
     peak = {"bytes": 0, "at_s": 0.0}
     peak_pss = {"bytes": 0, "at_s": 0.0}
@@ -74,8 +85,10 @@ def main() -> None:
     stages = []
     names = stage_names()
     names.insert(names.index("pretrain"), "jobs")  # the one training pass, before pre-training
-    for name in names:
-        f = ROOT / "reports" / "status" / f"{name}.json"
+    status = cwd / "reports" / "status"
+    others = sorted(f.stem for f in status.glob("*.json") if f.stem not in names)
+    for name in names + others:  # another commit's stages may have other names
+        f = status / f"{name}.json"
         if not f.is_file():
             continue
         s = json.loads(f.read_text(encoding="utf-8"))
@@ -87,8 +100,7 @@ def main() -> None:
                 "skipped": bool(s.get("skipped")),
             }
         )
-    data = {
-        "run_all_args": args,
+    return {
         "exit_code": rc,
         "wall_s": wall,
         "peak_rss_mib": peak["bytes"] / 2**20,
@@ -98,7 +110,80 @@ def main() -> None:
         "peak_pss_at_s": peak_pss["at_s"],
         "stages": stages,
     }
-    rows = [[s["stage"], s["status"], s["seconds"]] for s in stages]
+
+
+def cold(revs: list[str], pipeline_args: list[str]) -> int:
+    """Each commit's default run from an empty cache, back to back; results and ratios."""
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="promu-whole-run-") as tmp:
+        for rev in revs:
+            sha = subprocess.check_output(["git", "rev-parse", "--short", rev], cwd=ROOT, text=True)
+            tree = Path(tmp) / sha.strip()
+            subprocess.check_call(
+                ["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=ROOT
+            )
+            try:
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                print(f"[whole_run] {rev} ({sha.strip()}) in {tree}", flush=True)
+                runs[rev] = {"commit": sha.strip(), **measure(
+                    [sys.executable, "-m", "promu_lib.pipeline", "--force", *pipeline_args], tree, env
+                )}  # fmt: skip
+            finally:
+                subprocess.call(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)
+                shutil.rmtree(tree, ignore_errors=True)
+    first = runs[revs[0]]
+    rows = [
+        [rev, r["commit"], r["exit_code"], f"{r['wall_s'] / 60:.1f}",
+         f"{r['wall_s'] / first['wall_s']:.2f}x",
+         f"{r['peak_pss_mib'] / 1024:.2f}", f"{r['peak_rss_mib'] / 1024:.2f}"]
+        for rev, r in runs.items()
+    ]  # fmt: skip
+    stage_names_ = [s["stage"] for s in first["stages"]]
+    stage_rows = [
+        [name, *(next((f"{s['seconds']:.0f}" for s in r["stages"] if s["stage"] == name
+                       and s["seconds"] is not None), "-") for r in runs.values())]
+        for name in stage_names_
+    ]  # fmt: skip
+    md = (
+        "# Whole default run from an empty cache, back to back on one machine\n\n"
+        "Each commit in a fresh git worktree, one after the other, under one interpreter "
+        "(`python -m promu_lib.pipeline --force`; installation not measured); peak memory is "
+        "the largest sum over the process tree at one moment. "
+        f"`benchmarks/whole_run.py --cold {' '.join([*revs, '--', *pipeline_args])}`. "
+        "Toy world, tiny profile.\n\n"
+        + markdown_table(
+            [
+                "commit",
+                "sha",
+                "exit code",
+                "wall (min)",
+                f"ratio to {revs[0]}",
+                "peak PSS (GiB)",
+                "peak RSS (GiB)",
+            ],
+            rows,
+        )  # fmt: skip
+        + "\n\nSeconds per stage:\n\n"
+        + markdown_table(["stage", *runs], stage_rows)
+    )
+    data = {"revs": revs, "args": pipeline_args, "runs": runs}
+    print(write_results("whole_run_cold", data, md))
+    return max(r["exit_code"] for r in runs.values())
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args and args[0] == "--cold":
+        revs, _, rest = " ".join(args[1:]).partition(" -- ")
+        sys.exit(cold(revs.split() or ["HEAD"], rest.split()))
+    if args and args[0] == "--":
+        args = args[1:]
+    args = args or ["--force"]
+    data = {"run_all_args": args, **measure([str(ROOT / "run_all.sh"), *args], ROOT)}
+    rc, wall = data["exit_code"], data["wall_s"]
+    peak = {"bytes": data["peak_rss_mib"] * 2**20, "at_s": data["peak_at_s"]}
+    peak_pss = {"bytes": data["peak_pss_mib"] * 2**20, "at_s": data["peak_pss_at_s"]}
+    rows = [[s["stage"], s["status"], s["seconds"]] for s in data["stages"]]
     md = (
         f"# Whole run: `./run_all.sh {' '.join(args)}`\n\n"
         f"Exit code {rc}; wall time {wall / 60:.1f} min ({wall:.0f} s, installation checks "
@@ -108,7 +193,7 @@ def main() -> None:
         f"{peak_pss['at_s']:.0f} s; shared pages split: what the machine holds).\n\n"
         + markdown_table(["stage", "status", "seconds"], rows)
         + "\n\nAt the RSS peak (RSS MiB, PSS MiB, process):\n\n"
-        + "\n".join(f"- {r} / {p} `{cmd}`" for r, p, cmd in peak.get("processes", []))
+        + "\n".join(f"- {r} / {p} `{cmd}`" for r, p, cmd in data["peak_processes_rss_pss_mib"])
     )
     print(write_results("whole_run", data, md))
     sys.exit(rc)
