@@ -8,8 +8,6 @@ encoder's lr), not at the CRF's ``head_lr``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -44,13 +42,12 @@ def test_paper_profile_gives_hvpnet_its_official_scripts_recipe():
     assert recipe_for(cfg, "hvpnet", "ner").finetune.recipes == {}  # what ran, nothing else
 
 
-def test_tiny_shares_one_recipe_but_the_cap_per_task():
+def test_tiny_keeps_one_shared_recipe():
     cfg = tiny()
-    assert cfg.finetune.recipes == {"*/re": {"epochs": 28}}
+    assert cfg.finetune.recipes == {}
     for model in MODELS:
-        ner, re = (recipe_for(cfg, model, t).finetune for t in ("ner", "re"))
-        assert ner == dataclasses.replace(cfg.finetune, recipes={})
-        assert re == dataclasses.replace(ner, epochs=28)
+        for task in ("ner", "re"):
+            assert recipe_for(cfg, model, task).finetune == cfg.finetune
 
 
 def test_recipe_is_part_of_the_cache_key_and_only_of_its_own_jobs():
@@ -69,17 +66,6 @@ def test_recipe_is_part_of_the_cache_key_and_only_of_its_own_jobs():
         finetune_dir(resolved, "mnre", "hvpnet", init=None, seed=0, image_mode="true")
         == key[("mnre", "hvpnet")]
     )
-
-
-def test_star_recipe_is_every_model_below_a_named_family():
-    cfg = paper().replace(**{"finetune.recipes.*/re.epochs": 40, "finetune.recipes.*.lr": 2e-5})
-    assert recipe_for(cfg, "promu", "re").finetune.epochs == 40  # no promu/re epochs: "*/re"
-    assert recipe_for(cfg, "promu", "ner").finetune.epochs == cfg.finetune.epochs  # MRE only
-    assert recipe_for(cfg, "hvpnet-1v3", "re").finetune.epochs == 15  # hvpnet/re wins
-    assert recipe_for(cfg, "hvpnet", "re").finetune.lr == 3e-5  # hvpnet's own lr wins
-    assert recipe_for(cfg, "promu", "ner").finetune.lr == 2e-5  # "*" over the section's 1e-4
-    with pytest.raises(ConfigError, match=r"finetune\.recipes\.\*/xx: expected a model"):
-        cfg.replace(**{"finetune.recipes.*/xx.epochs": 4})
 
 
 def test_recipes_are_validated_and_coerced_like_the_section(tmp_path):
