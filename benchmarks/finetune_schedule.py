@@ -90,12 +90,11 @@ def default_run_stops(long_cap: int) -> tuple[dict, dict]:
             short = [h["dev_f1"] for h in cached[j]["history"]]
             if [h["dev_f1"] for h in m["history"]][: len(short)] != short:
                 raise SystemExit(f"{j}: under cap {long_cap} its first epochs differ")
-        by_patience = m["stopped_by"] == "patience"
         runs[str(j)] = {
             "dataset": j.dataset, "stage": stage, "model": j.model, "seed": j.seed,
             "retrained": j in capped, "epochs_run": m["epochs_run"],
             "best_epoch": m["best_epoch"], "stopped_by": m["stopped_by"],
-            "stop": m["epochs_run"] if by_patience else long_cap + 1,
+            "stop": stop_of(m, long_cap),
         }  # fmt: skip
     caps = {d: recipe_for(cfg, "promu", t).finetune.epochs for d, t in DATASETS.items()}
     return runs, {"default_caps": caps}
@@ -115,16 +114,29 @@ def caps_by_task(runs: dict, long_cap: int) -> dict[str, dict]:
     return caps
 
 
-def cap_lines(caps: dict[str, dict], long_cap: int) -> str:
+def cap_section(caps: dict[str, dict], long_cap: int) -> str:
+    """The Markdown section that states the cap per task the rule picks."""
+
     def shown(c: int | None) -> str:
         return str(c) if c is not None else f"beyond {long_cap}"
 
-    return "\n".join(
-        f"- **{task}**: cap {shown(c['cap'])} epochs (per dataset: "
-        + ", ".join(f"{d} {shown(v)}" for d, v in c["per_dataset"].items())
-        + ")"
-        for task, c in caps.items()
+    return (
+        "\n\n## The cap per task, by the rule\n\nThe smallest multiple of "
+        f"{STEP} epochs at which at least {SHARE:.0%} of the runs on each dataset of the task "
+        "would have stopped by patience:\n\n"
+        + "\n".join(
+            f"- **{task}**: cap {shown(c['cap'])} epochs (per dataset: "
+            + ", ".join(f"{d} {shown(v)}" for d, v in c["per_dataset"].items())
+            + ")"
+            for task, c in caps.items()
+        )
     )
+
+
+def stop_of(metrics: dict, long_cap: int) -> int:
+    """The epoch count at which early stopping ended a run; ``long_cap`` + 1 when the cap
+    ended it first (it would stop later, by an unknown margin)."""
+    return metrics["epochs_run"] if metrics["stopped_by"] == "patience" else long_cap + 1
 
 
 def main_default_run(long_cap: int) -> None:
@@ -168,10 +180,7 @@ def main_default_run(long_cap: int) -> None:
             ],
             rows,
         )  # fmt: skip
-        + "\n\n## The cap per task, by the rule\n\nThe smallest multiple of "
-        f"{STEP} epochs at which at least {SHARE:.0%} of the runs on each dataset of the task "
-        "would have stopped by patience:\n\n"
-        + cap_lines(caps, long_cap)
+        + cap_section(caps, long_cap)
         + "\n\n## The runs trained again under the long cap\n\n"
         + markdown_table(
             ["dataset", "stage", "job", "epochs run", "best epoch", "stopped by"], again
@@ -199,12 +208,11 @@ def main_rows(seeds: list[int], long_cap: int) -> None:
     runs, rows = {}, []
     for (d, r, s), j in jobs.items():
         m = results[j]
-        by_patience = m["stopped_by"] == "patience"
         runs[f"{d}/{r}/{s}"] = {
             "dataset": d, "row": r, "seed": s, "epochs_run": m["epochs_run"],
             "best_epoch": m["best_epoch"], "stopped_by": m["stopped_by"],
             "best_dev_f1": m["dev"]["f1"], "dev_f1": [h["dev_f1"] for h in m["history"]],
-            "stop": m["epochs_run"] if by_patience else long_cap + 1,
+            "stop": stop_of(m, long_cap),
         }  # fmt: skip
     for d in DATASETS:
         for r in ROWS:
@@ -235,10 +243,7 @@ def main_rows(seeds: list[int], long_cap: int) -> None:
             ],
             rows,
         )  # fmt: skip
-        + "\n\n## The cap per task, by the rule\n\nThe smallest multiple of "
-        f"{STEP} epochs at which at least {SHARE:.0%} of the runs on each dataset of the task "
-        "would have stopped by patience:\n\n"
-        + cap_lines(caps, long_cap)
+        + cap_section(caps, long_cap)
         + f"\n\n{len(jobs)} fine-tunings (cached ones read); {seconds:.0f} s.\n"
     )
     write_results(

@@ -181,16 +181,15 @@ def main() -> None:
     args = args or ["--force"]
     data = {"run_all_args": args, **measure([str(ROOT / "run_all.sh"), *args], ROOT)}
     rc, wall = data["exit_code"], data["wall_s"]
-    peak = {"bytes": data["peak_rss_mib"] * 2**20, "at_s": data["peak_at_s"]}
-    peak_pss = {"bytes": data["peak_pss_mib"] * 2**20, "at_s": data["peak_pss_at_s"]}
     rows = [[s["stage"], s["status"], s["seconds"]] for s in data["stages"]]
     md = (
         f"# Whole run: `./run_all.sh {' '.join(args)}`\n\n"
         f"Exit code {rc}; wall time {wall / 60:.1f} min ({wall:.0f} s, installation checks "
-        f"included); peak resident memory of the process tree {peak['bytes'] / 2**30:.2f} GiB "
-        f"summed as RSS (at {peak['at_s']:.0f} s; shared library pages counted once per "
-        f"process), {peak_pss['bytes'] / 2**30:.2f} GiB summed as PSS (at "
-        f"{peak_pss['at_s']:.0f} s; shared pages split: what the machine holds).\n\n"
+        "included); peak resident memory of the process tree "
+        f"{data['peak_rss_mib'] / 1024:.2f} GiB summed as RSS (at {data['peak_at_s']:.0f} s; "
+        "shared library pages counted once per process), "
+        f"{data['peak_pss_mib'] / 1024:.2f} GiB summed as PSS (at {data['peak_pss_at_s']:.0f} s; "
+        "shared pages split: what the machine holds).\n\n"
         + markdown_table(["stage", "status", "seconds"], rows)
         + "\n\nAt the RSS peak (RSS MiB, PSS MiB, process):\n\n"
         + "\n".join(f"- {r} / {p} `{cmd}`" for r, p, cmd in data["peak_processes_rss_pss_mib"])
