@@ -4,7 +4,7 @@
 
 The throughput issue's untried lever: inductor's fused CPU kernels with every shape fixed, so
 that nothing recompiles. The tiny profile's caption batches are 14-16 tokens long; padded to a
-multiple of 8 they are all 16. Three arms, each in its own fresh process on one thread, in
+multiple of 8 they are all 16. Four arms, each in its own fresh process on one thread, in
 alternating rounds:
 
 - ``eager``: the library's step as it trains (packed text tokens, losses over the selected
@@ -12,7 +12,9 @@ alternating rounds:
 - ``eager, static shapes``: the same maths with nothing data-dependent (no packing; CIT,
   COE and CIR as masked sums), patched in here only;
 - ``compiled, static shapes``: that, with the whole pre-training model under
-  ``torch.compile(dynamic=False)`` and text padded to a multiple of 8 (one graph, no breaks).
+  ``torch.compile(dynamic=False)`` and text padded to a multiple of 8 (one graph, no breaks);
+- ``compiled, static shapes, C++ wrapper``: that, with inductor's ``cpp_wrapper``, which calls
+  the generated kernels from C++ instead of Python (less overhead per kernel launch).
 
 Each arm: 20 warm-up steps (compilation included, inductor's on-disk cache as it is), then
 ``--steps`` timed steps (forward, backward, clipping, AdamW), their median. Dropout draws differ
@@ -31,7 +33,12 @@ import time
 
 from common import ROOT, markdown_table, write_results
 
-ARMS = {"eager": "eager", "static": "eager, static shapes", "compiled": "compiled, static shapes"}
+ARMS = {
+    "eager": "eager",
+    "static": "eager, static shapes",
+    "compiled": "compiled, static shapes",
+    "compiled_cpp": "compiled, static shapes, C++ wrapper",
+}
 
 
 def static_patches() -> None:
@@ -94,13 +101,17 @@ def child(arm: str, steps: int) -> dict:
     optimizer = build_optimizer([{"params": list(model.parameters())}], lr=1e-3)
     weights = loss_weights(cfg)
     active = tuple(k for k, w in weights.items() if w)
-    forward = torch.compile(model, dynamic=False) if arm == "compiled" else model
+    if arm == "compiled_cpp":
+        import torch._inductor.config
+
+        torch._inductor.config.cpp_wrapper = True
+    forward = torch.compile(model, dynamic=False) if arm.startswith("compiled") else model
     b = cfg.pretrain.batch_size
 
     def batch(i: int) -> dict:
         out = collate_captions([data[(i * b + j) % len(data)] for j in range(b)], data.pad_id)
         out = {k: v for k, v in out.items() if torch.is_tensor(v)}
-        if arm == "compiled":  # one length: a multiple of 8
+        if arm.startswith("compiled"):  # one length: a multiple of 8
             pad = -out["input_ids"].shape[1] % 8
             out["input_ids"] = F.pad(out["input_ids"], (0, pad), value=data.pad_id)
             out["attention_mask"] = F.pad(out["attention_mask"], (0, pad))

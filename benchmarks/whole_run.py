@@ -9,7 +9,7 @@
 fresh git worktree (so with an empty run cache: every mining, pre-training and fine-tuning is
 trained) under this environment's interpreter (``python -m promu_lib.pipeline --force``,
 ``PYTHONPATH`` the worktree; installation is not measured), and gives each one's wall time and
-peak memory and its ratio to the first. Results: ``whole_run_cold.{json,md}``; the worktrees
+peak memory and its ratio to the first. Results: ``benchmarks/results/whole_run.{json,md}``; the worktrees
 are removed afterwards.
 
 Runs ``./run_all.sh`` with the given arguments (``--force`` when none are given, so every
@@ -18,7 +18,7 @@ notebook's kernel and the worker processes it starts) every 0.2 s, and reads eac
 from ``reports/status/<stage>.json``. The peaks reported are the largest SUMS over the tree at
 one moment, of RSS (shared library pages counted in every process) and of PSS (shared pages
 split between the processes that map them: what the machine must hold).
-Results: ``benchmarks/results/whole_run.{json,md}``.
+Results: ``benchmarks/results/whole_run_single.{json,md}``.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def cold(revs: list[str], pipeline_args: list[str]) -> int:
                 runs[rev] = {"commit": sha.strip(), **measure(
                     [sys.executable, "-m", "promu_lib.pipeline", "--force", *pipeline_args], tree, env
                 )}  # fmt: skip
+                print(f"[whole_run] {rev}: {json.dumps(runs[rev])}", flush=True)  # kept if cut off
             finally:
                 subprocess.call(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)
                 shutil.rmtree(tree, ignore_errors=True)
@@ -167,12 +168,15 @@ def cold(revs: list[str], pipeline_args: list[str]) -> int:
         + markdown_table(["stage", *runs], stage_rows)
     )
     data = {"revs": revs, "args": pipeline_args, "runs": runs}
-    print(write_results("whole_run_cold", data, md))
+    print(write_results("whole_run", data, md))
     return max(r["exit_code"] for r in runs.values())
 
 
 def main() -> None:
     args = sys.argv[1:]
+    if args[:1] in (["-h"], ["--help"]):  # not passed on: it would overwrite the results
+        print(__doc__)
+        return
     if args and args[0] == "--cold":
         revs, _, rest = " ".join(args[1:]).partition(" -- ")
         sys.exit(cold(revs.split() or ["HEAD"], rest.split()))
@@ -194,7 +198,7 @@ def main() -> None:
         + "\n\nAt the RSS peak (RSS MiB, PSS MiB, process):\n\n"
         + "\n".join(f"- {r} / {p} `{cmd}`" for r, p, cmd in data["peak_processes_rss_pss_mib"])
     )
-    print(write_results("whole_run", data, md))
+    print(write_results("whole_run_single", data, md))
     sys.exit(rc)
 
 
