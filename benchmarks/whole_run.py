@@ -8,9 +8,9 @@
 ``--cold REV ...`` runs the default profile of each commit in turn, on this machine, each in a
 fresh git worktree (so with an empty run cache: every mining, pre-training and fine-tuning is
 trained) under this environment's interpreter (``python -m promu_lib.pipeline --force``,
-``PYTHONPATH`` the worktree; installation is not measured), and gives each one's wall time and
-peak memory and its ratio to the first. Results: ``benchmarks/results/whole_run.{json,md}``; the worktrees
-are removed afterwards.
+``PYTHONPATH`` the worktree; installation is not measured), and gives each one's wall time,
+peak memory, ratio to the first, and whether its tables came out as committed at that commit.
+Results: ``benchmarks/results/whole_run.{json,md}``; the worktrees are removed afterwards.
 
 Runs ``./run_all.sh`` with the given arguments (``--force`` when none are given, so every
 stage really runs), samples the resident memory of the whole process tree (the runner, each
@@ -112,6 +112,16 @@ def measure(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> dic
     }
 
 
+def tables_changed(tree: Path) -> list[str]:
+    """The tables under ``figures/`` (CSV and Markdown) that a run in ``tree`` left different
+    from the ones committed there: empty when the run reproduced them byte for byte. The
+    ``*.config.json`` beside them are left out (they record the commit and the time)."""
+    out = subprocess.check_output(
+        ["git", "status", "--porcelain", "--", "figures/*.csv", "figures/*.md"], cwd=tree, text=True
+    )
+    return sorted(line[3:] for line in out.splitlines())
+
+
 def cold(revs: list[str], pipeline_args: list[str]) -> int:
     """Each commit's default run from an empty cache, back to back; results and ratios."""
     runs = {}
@@ -128,6 +138,7 @@ def cold(revs: list[str], pipeline_args: list[str]) -> int:
                 runs[rev] = {"commit": sha.strip(), **measure(
                     [sys.executable, "-m", "promu_lib.pipeline", "--force", *pipeline_args], tree, env
                 )}  # fmt: skip
+                runs[rev]["tables_changed"] = tables_changed(tree)
                 print(f"[whole_run] {rev}: {json.dumps(runs[rev])}", flush=True)  # kept if cut off
             finally:
                 subprocess.call(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)
@@ -136,7 +147,8 @@ def cold(revs: list[str], pipeline_args: list[str]) -> int:
     rows = [
         [rev, r["commit"], r["exit_code"], f"{r['wall_s'] / 60:.1f}",
          f"{r['wall_s'] / first['wall_s']:.2f}x",
-         f"{r['peak_pss_mib'] / 1024:.2f}", f"{r['peak_rss_mib'] / 1024:.2f}"]
+         f"{r['peak_pss_mib'] / 1024:.2f}", f"{r['peak_rss_mib'] / 1024:.2f}",
+         "identical" if not r["tables_changed"] else f"{len(r['tables_changed'])} differ"]
         for rev, r in runs.items()
     ]  # fmt: skip
     stage_names_ = [s["stage"] for s in first["stages"]]
@@ -149,7 +161,8 @@ def cold(revs: list[str], pipeline_args: list[str]) -> int:
         "# Whole default run from an empty cache, back to back on one machine\n\n"
         "Each commit in a fresh git worktree, one after the other, under one interpreter "
         "(`python -m promu_lib.pipeline --force`; installation not measured); peak memory is "
-        "the largest sum over the process tree at one moment. "
+        'the largest sum over the process tree at one moment; "tables vs committed" compares '
+        "the run's `figures/*.csv` and `*.md` with the ones committed at that commit. "
         f"`benchmarks/whole_run.py --cold {' '.join([*revs, '--', *pipeline_args])}`. "
         "Toy world, tiny profile.\n\n"
         + markdown_table(
@@ -161,6 +174,7 @@ def cold(revs: list[str], pipeline_args: list[str]) -> int:
                 f"ratio to {revs[0]}",
                 "peak PSS (GiB)",
                 "peak RSS (GiB)",
+                "tables vs committed",
             ],
             rows,
         )  # fmt: skip
